@@ -1,0 +1,289 @@
+"""Run and stage paths, atomic writes, hashing and the stage manifest.
+
+Role: the contract between stages (DESIGN.md II.7). Every file is written to ``<name>.tmp-<pid>``
+next to its destination and renamed into place, so a file that exists is complete; the manifest is
+written last and carries the config hash, upstream hashes, code and environment versions and the
+hashes of every output. Reads/writes: ``runs/<split>/<NN_stage>/manifest.json``.
+Layer 0: standard library only (no torch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import ezsd_core
+
+MANIFEST_SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+# Stage ids in pipeline order; the number prefixes the notebook and the run folder (II.10).
+STAGE_NUMBERS: dict[str, int] = {
+    "pretrain_clip": 0,
+    "finetune_clip": 1,
+    "propose_regions": 2,
+    "extract_features": 3,
+    "train_detector": 4,
+    "evaluate": 5,
+}
+_ENV_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pycocotools", "lvis")
+
+
+class MissingArtefactError(RuntimeError):
+    """An upstream stage has not completed; the message names the stage to run."""
+
+    def __init__(self, stage: str, stage_dir: Path, reason: str):
+        self.stage = stage
+        super().__init__(f"stage '{stage}' has no complete artefacts in {stage_dir} ({reason}); "
+                         f"run it first: ezsd run params/<split>.yaml --stage {stage}")
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What ``stages.<x>.run(cfg)`` returns.
+
+    Attributes:
+        stage_dir: the stage's artefact folder.
+        skipped: True when everything was already complete and nothing was recomputed.
+        summary: small scalar facts for display (also stored in the manifest).
+    """
+
+    stage_dir: Path
+    skipped: bool
+    summary: dict[str, int | float | str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# paths
+
+
+def stage_dirname(stage: str) -> str:
+    """``'propose_regions'`` -> ``'02_propose_regions'``.
+
+    Raises:
+        ValueError: for an unknown stage id.
+    """
+    if stage not in STAGE_NUMBERS:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGE_NUMBERS)}")
+    return f"{STAGE_NUMBERS[stage]:02d}_{stage}"
+
+
+def stage_dir(run_root: Path | str, stage: str) -> Path:
+    """The artefact folder of ``stage`` inside ``run_root``."""
+    return Path(run_root) / stage_dirname(stage)
+
+
+def shard_name(shard_index: int, num_shards: int, suffix: str = ".safetensors") -> str:
+    """``shard-00003-of-00016.safetensors``."""
+    return f"shard-{shard_index:05d}-of-{num_shards:05d}{suffix}"
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it into place, on error delete it.
+
+    Use it for writers that want a file name (safetensors, torch.save, PIL):
+    ``with atomic_path(p) as tmp: save_file(tensors, tmp)``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (fsync, then rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def remove_tree(path: Path | str) -> None:
+    """Delete a folder tree (used only on explicit request, e.g. ``--force`` of the toy world)."""
+    shutil.rmtree(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# hashing
+
+
+def hash_json(obj: Any) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_file(path: Path | str) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest
+
+
+def utc_now() -> str:
+    """ISO-8601 UTC timestamp, seconds precision."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def code_version() -> dict[str, Any]:
+    """Package version plus the git commit and dirty flag of the checkout it runs from (if any)."""
+    root = Path(ezsd_core.__file__).resolve().parent.parent
+    info: dict[str, Any] = {"ezsd_core": ezsd_core.__version__, "git_commit": None, "git_dirty": None}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)
+        head = run("rev-parse", "HEAD")
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            info["git_dirty"] = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def env_versions() -> dict[str, str | None]:
+    """Python and key package versions, read from installed metadata (nothing is imported)."""
+    env: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _ENV_PACKAGES:
+        try:
+            env[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            env[name] = None
+    return env
+
+
+def read_manifest(stage_path: Path | str) -> dict[str, Any] | None:
+    """The manifest of a stage folder, or None when there is none."""
+    p = Path(stage_path) / MANIFEST
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_manifest(stage_path: Path | str, *, stage: str, split: str, config: Mapping[str, Any],
+                   config_hash: str, upstream: Mapping[str, str], outputs: Sequence[str],
+                   summary: Mapping[str, Any], started_at: str, extra: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Hash the outputs and write ``manifest.json`` last, atomically, with status ``complete``.
+
+    Args:
+        stage_path: the stage folder.
+        stage, split: ids.
+        config: the resolved config as JSON primitives; ``config_hash`` its hash without runtime fields.
+        upstream: upstream stage id -> its ``artefact_hash``.
+        outputs: output files, relative to ``stage_path``; each must exist.
+        summary: small scalar facts; ``started_at``: ISO time the work began.
+        extra: more top-level keys (e.g. ``source`` of a shipped checkpoint).
+
+    Returns:
+        The manifest dict that was written.
+    """
+    stage_path = Path(stage_path)
+    files = [{"path": o, "bytes": (stage_path / o).stat().st_size, "sha256": sha256_file(stage_path / o)}
+             for o in sorted(outputs)]
+    art = hash_json({"stage": stage, "config_hash": config_hash, "upstream": dict(upstream),
+                     "outputs": [f["sha256"] for f in files]})
+    manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "stage": stage, "split": split,
+                "status": "complete", "config": dict(config), "config_hash": config_hash,
+                "upstream": dict(upstream), "artefact_hash": art, "code": code_version(),
+                "env": env_versions(), "started_at": started_at, "finished_at": utc_now(),
+                "outputs": files, "summary": dict(summary), **(extra or {})}
+    atomic_write_json(stage_path / MANIFEST, manifest)
+    return manifest
+
+
+def staleness(stage_path: Path | str, *, config_hash: str, upstream: Mapping[str, str]) -> str | None:
+    """Why a stage must run, or None when it is complete for this config and these upstream hashes.
+
+    Checks: a complete manifest, the same config hash, the same upstream artefact hashes, and every
+    recorded output present with its recorded size (a deleted or truncated shard makes it stale).
+    """
+    m = read_manifest(stage_path)
+    if m is None or m.get("status") != "complete":
+        return "not run yet"
+    if m["config_hash"] != config_hash:
+        return "its config changed"
+    if m["upstream"] != dict(upstream):
+        changed = sorted(k for k in set(m["upstream"]) | set(upstream) if m["upstream"].get(k) != upstream.get(k))
+        return f"upstream changed: {', '.join(changed)}"
+    for o in m["outputs"]:
+        p = Path(stage_path) / o["path"]
+        if not p.exists() or p.stat().st_size != o["bytes"]:
+            return f"output missing or changed: {o['path']}"
+    return None
+
+
+def require_complete(run_root: Path | str, stage: str) -> dict[str, Any]:
+    """The manifest of an upstream stage, checked to be complete with all its outputs present.
+
+    Raises:
+        MissingArtefactError: naming the stage to run.
+    """
+    path = stage_dir(run_root, stage)
+    m = read_manifest(path)
+    if m is None or m.get("status") != "complete":
+        raise MissingArtefactError(stage, path, "no complete manifest")
+    for o in m["outputs"]:
+        if not (path / o["path"]).exists():
+            raise MissingArtefactError(stage, path, f"missing output {o['path']}")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# shards (read without torch, so the runner can decide what to run)
+
+
+def shard_key(config_hash: str, upstream: Mapping[str, str]) -> str:
+    """The key a shard records in its header: current iff config and upstream artefacts are unchanged."""
+    return hash_json({"config_hash": config_hash, "upstream": dict(upstream)})
+
+
+def safetensors_metadata(path: Path | str) -> dict[str, str] | None:
+    """The ``__metadata__`` of a safetensors file (8-byte header length + JSON), or None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100 * 2**20:
+                return None
+            return json.loads(f.read(n)).get("__metadata__", {})
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,204 @@
+"""open_clip wrapper: build a CLIP explicitly, make only its LayerNorms trainable, encode crops and names.
+
+Role: every CLIP the pipeline uses goes through ``build_clip``: real settings name an open_clip
+model and a pretrained tag or checkpoint (``ViT-B-32-quickgelu`` + ``openai``); toy settings name
+a packaged config (``ezsd-tiny-cnn``, registered here on first use) and the stage-00 checkpoint.
+A random init is refused unless asked for (open_clip's own default silently allows it).
+LayerNorm selection is by module type (``nn.LayerNorm`` and subclasses), per tower: for ViT-B/32 it
+finds the 26 image-tower and 25 text-tower LNs of the method spec §2 (39,936 + 25,600 parameters).
+Layer 2: imports crops, tinyclip (layer 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+TOWERS = ("image", "text")
+
+
+@dataclass
+class Clip:
+    """A built CLIP and what is needed to use it.
+
+    Attributes:
+        model: the open_clip model (``encode_image`` / ``encode_text``).
+        tokenizer: open_clip tokenizer: list of strings -> (B, context) int64.
+        image_size: input side S of the image tower.
+        model_name, pretrained: how it was built (recorded in manifests).
+    """
+
+    model: nn.Module
+    tokenizer: Callable[[Sequence[str]], Tensor]
+    image_size: int
+    model_name: str
+    pretrained: str | None
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale): the fixed multiplier of cosine logits (100 for OpenAI CLIP)."""
+        return float(self.model.logit_scale.exp())
+
+
+@cache
+def register_packaged_models() -> tuple[str, ...]:
+    """Register the model configs shipped in ``ezsd_core/resources/open_clip`` (and their timm towers).
+
+    Called by ``build_clip``; nothing is registered at import time.
+    """
+    import open_clip
+
+    from ezsd_core import tinyclip
+
+    tinyclip.register_timm_towers()
+    folder = resources.files("ezsd_core").joinpath("resources/open_clip")
+    names = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".json"):
+            open_clip.add_model_config(Path(str(entry)))
+            names.append(entry.name[: -len(".json")])
+    return tuple(sorted(names))
+
+
+def build_clip(model_name: str, pretrained: str | None, *, allow_random_init: bool = False,
+               device: str | torch.device = "cpu") -> Clip:
+    """Build an open_clip model in eval mode with every parameter frozen.
+
+    Args:
+        model_name: an open_clip model name, verbatim (``ViT-B-32-quickgelu``) or a packaged
+            ``ezsd-*`` config.
+        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, or None for random init.
+        allow_random_init: must be True when ``pretrained`` is None.
+        device: where to put the model.
+
+    Returns:
+        The built Clip.
+
+    Raises:
+        ValueError: unknown model name, random init not allowed, or a missing checkpoint file.
+    """
+    import open_clip
+
+    register_packaged_models()
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"clip_model: unknown open_clip model {model_name!r}; e.g. ViT-B-32-quickgelu, "
+                         f"or a packaged one: {', '.join(register_packaged_models())}")
+    if pretrained is None and not allow_random_init:
+        raise ValueError("clip_pretrained: null builds a random-init CLIP; set allow_random_init: true to allow it")
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained is not None and pretrained not in tags and not Path(pretrained).is_file():
+        raise ValueError(f"clip_pretrained: {pretrained!r} is neither a pretrained tag of {model_name} "
+                         f"({', '.join(tags) or 'none'}) nor an existing checkpoint file")
+    with _quiet_open_clip():
+        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+    model.eval().requires_grad_(False)
+    size = model.visual.image_size
+    return Clip(model=model, tokenizer=open_clip.get_tokenizer(model_name), model_name=model_name,
+                image_size=int(size[0] if isinstance(size, tuple | list) else size), pretrained=pretrained)
+
+
+class _quiet_open_clip:
+    """open_clip warns 'No pretrained weights loaded' at WARNING even when random init was asked for."""
+
+    def __enter__(self) -> None:
+        self.level = logging.root.level
+        logging.root.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        logging.root.setLevel(self.level)
+
+
+def tower_modules(model: nn.Module, tower: str) -> list[nn.Module]:
+    """The top-level modules of one tower: ``image`` = ``visual``; ``text`` = every other child."""
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
+    children = dict(model.named_children())
+    return [children["visual"]] if tower == "image" else [m for n, m in children.items() if n != "visual"]
+
+
+def layernorm_parameters(model: nn.Module, towers: Sequence[str] = TOWERS) -> dict[str, nn.Parameter]:
+    """Name -> parameter of every LayerNorm weight/bias in the given towers (state-dict names)."""
+    chosen = {id(m) for t in towers for top in tower_modules(model, t) for m in top.modules()
+              if isinstance(m, nn.LayerNorm)}
+    out = {}
+    for name, module in model.named_modules():
+        if id(module) in chosen:
+            for pname, p in module.named_parameters(recurse=False):
+                out[f"{name}.{pname}"] = p
+    return out
+
+
+def set_trainable_layernorms(model: nn.Module, towers: Sequence[str] = TOWERS) -> int:
+    """Freeze everything (``logit_scale`` included), then unfreeze the LayerNorms of ``towers``.
+
+    Returns:
+        The number of trainable parameters.
+    """
+    model.requires_grad_(False)
+    params = layernorm_parameters(model, towers)
+    for p in params.values():
+        p.requires_grad_(True)
+    return sum(p.numel() for p in params.values())
+
+
+def encode_texts(clip: Clip, names: Sequence[str], templates: Sequence[str]) -> Tensor:
+    """L2-normalised text embeddings of class names, averaged over prompt templates.
+
+    Args:
+        clip: the model (gradients flow when its text LayerNorms are trainable and grad is enabled).
+        names: K class names, substituted verbatim into each template's ``{}``.
+        templates: T templates such as ``"a photo of a {}"``.
+
+    Returns:
+        (K, D) float32, unit rows; with one template this is the normalised embedding of the prompt.
+    """
+    device = next(clip.model.parameters()).device
+    tokens = clip.tokenizer([t.format(n) for t in templates for n in names]).to(device)
+    emb = nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
+    emb = emb.view(len(templates), len(names), -1).mean(0)
+    return nn.functional.normalize(emb, dim=-1)
+
+
+def encode_images(clip: Clip, images: Tensor) -> Tensor:
+    """Raw (unnormalised) image embeddings.
+
+    Args:
+        images: (B, 3, S, S) CLIP-normalised crops (``crops.normalize``), S = ``clip.image_size``.
+
+    Returns:
+        (B, D) float32.
+    """
+    return clip.model.encode_image(images).float()
+
+
+def load_layernorms(clip: Clip, path: Path | str) -> None:
+    """Load tuned LayerNorm parameters (stage 01's ``clip_ln.safetensors``) into ``clip.model``.
+
+    Raises:
+        ValueError: when a stored name is not a LayerNorm parameter of this model.
+    """
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    known = layernorm_parameters(clip.model)
+    unknown = sorted(set(state) - set(known))
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} tensors are not LayerNorm parameters of {clip.model_name} "
+                         f"(e.g. {unknown[0]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            known[name].copy_(value)
+
+
+def packaged_config(model_name: str) -> dict:
+    """The JSON config of a packaged ``ezsd-*`` model."""
+    return json.loads(resources.files("ezsd_core").joinpath(f"resources/open_clip/{model_name}.json").read_text())

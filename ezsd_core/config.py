@@ -1,0 +1,275 @@
+"""Typed stage configs and the strict params loader (params/<split>.yaml -> frozen dataclass).
+
+Role: one frozen dataclass per stage (DESIGN.md II.6). A stage's parameters are
+``{**doc["common"], **doc[<stage>]}`` plus ``--set`` overrides; the keys must equal the dataclass
+fields and the names in the stage notebook's ``parameters`` cell. Every problem (unknown or
+missing key, wrong type, ``1e-4`` read as a string, out-of-range value, unknown stage) is a
+one-line ``ConfigError`` naming the file, the key, what was given and what is allowed.
+Reads: params YAML. Layer 0: standard library + PyYAML only (no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from ezsd_core import artefacts
+
+
+class ConfigError(ValueError):
+    """A params problem, reported in one line that names where it is and what is allowed."""
+
+
+def knob(*, lo: float | None = None, hi: float | None = None, choices: Sequence[Any] | None = None,
+         default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a range (inclusive) or a set of allowed values."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": tuple(choices or ())})
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CommonConfig:
+    """Fields shared by every stage (the ``common`` section).
+
+    Paths in ``*_annotations`` / ``*_images`` are relative to ``data_root``.
+    """
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("run_root", "device", "num_workers", "force")
+    UPSTREAM: ClassVar[tuple[str, ...]] = ()  # stages whose artefacts this stage reads
+
+    split: str
+    data_root: Path
+    train_annotations: Path
+    val_annotations: Path
+    train_images: Path
+    val_images: Path
+    run_root: Path
+    seed: int = knob(lo=0)
+    device: str = knob(default="cpu")  # "cpu", "cuda", "cuda:1", or "auto"
+    num_workers: int = knob(lo=0, default=0)  # DataLoader processes
+    force: bool = False  # recompute even when complete; discard a resume checkpoint of another config
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def upstream_stages(self) -> tuple[str, ...]:
+        """Stage ids this stage reads (its lineage); may depend on the config's values."""
+        return type(self).UPSTREAM
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PretrainClipConfig(CommonConfig):
+    """Stage 00 (toy worlds only): train the tiny CLIP teacher on the iconic image-caption pairs."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
+
+    clip_model: str  # open_clip model name; the ezsd-* configs ship in ezsd_core/resources
+    num_steps: int = knob(lo=0)
+    batch_size: int = knob(lo=2)
+    lr: float = knob(lo=0.0)
+    text_lr: float = knob(lo=0.0)  # the text tower needs a larger step to leave the symmetric start
+    weight_decay: float = knob(lo=0.0)
+    warmup_steps: int = knob(lo=0)
+    log_every: int = knob(lo=1, default=50)
+
+
+STAGE_CONFIGS: dict[str, type[CommonConfig]] = {
+    "pretrain_clip": PretrainClipConfig,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _describe(tp: Any) -> str:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    return {int: "an int", float: "a float", bool: "true/false", str: "a string", Path: "a path",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Return ``value`` as type ``tp`` or raise ConfigError (no silent conversions beyond int->float)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return tuple(_coerce(typing.get_args(tp)[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        str: isinstance(value, str),
+        Path: isinstance(value, str | Path),
+    }[tp]
+    if not ok:
+        hint = ""
+        if tp is float and isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value):
+            hint = " (YAML reads an exponent without a dot as a string: write e.g. 1.0e-4)"
+        raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}{hint}")
+    return float(value) if tp is float else Path(value) if tp is Path else value
+
+
+def _validate(cfg: CommonConfig) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        value = _coerce(hints[f.name], getattr(cfg, f.name), f.name)
+        object.__setattr__(cfg, f.name, value)
+        lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
+        if value is None:
+            continue
+        if choices and value not in choices:
+            raise ConfigError(f"{f.name}: got {value!r}; allowed: {', '.join(map(repr, choices))}")
+        if lo is not None and value < lo or hi is not None and value > hi:
+            rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+            raise ConfigError(f"{f.name}: got {value!r}; allowed range {rng}")
+    if hasattr(cfg, "num_shards") and not 0 <= cfg.shard_index < cfg.num_shards:
+        raise ConfigError(f"shard_index: got {cfg.shard_index}; allowed 0..{cfg.num_shards - 1} "
+                          f"(num_shards = {cfg.num_shards})")
+    if getattr(cfg, "clip_pretrained", "") is None and not getattr(cfg, "allow_random_init", False):
+        raise ConfigError("clip_pretrained: null means a random-init CLIP; set allow_random_init: true "
+                          "to allow it, or name a pretrained tag / checkpoint")
+
+
+def field_names(cls: type[CommonConfig]) -> list[str]:
+    """The dataclass fields of a stage config, in declaration order (common fields first)."""
+    return [f.name for f in fields(cls)]
+
+
+def load_config(cls: type[CommonConfig], values: Mapping[str, Any], *, source: str = "parameters",
+                strict: bool = False, origins: Mapping[str, str] | None = None) -> CommonConfig:
+    """Build a validated config from a mapping.
+
+    Args:
+        cls: a stage config class (``STAGE_CONFIGS[stage]``).
+        values: the parameters; in a notebook ``globals()`` (only the field names are picked).
+        source: where the values come from, for error messages (e.g. ``params/toy_coco.yaml``).
+        strict: reject keys that are not fields (the runner's YAML path); False for ``globals()``.
+        origins: key -> section name, so errors say ``pretrain_clip.lr`` rather than ``lr``.
+
+    Raises:
+        ConfigError: one line naming the source, the key, the value given and what is allowed.
+    """
+    names = field_names(cls)
+    where = (lambda k: f"{origins.get(k, '?')}.{k}") if origins else (lambda k: k)
+    if strict:
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {where(unknown[0])}; allowed keys: {', '.join(names)}")
+    missing = [n for n in names if n not in values]
+    if missing:
+        raise ConfigError(f"{source}: missing key {missing[0]}"
+                          f"{' (and ' + str(len(missing) - 1) + ' more)' if len(missing) > 1 else ''}; "
+                          f"required keys: {', '.join(names)}")
+    try:
+        return cls(**{n: values[n] for n in names})
+    except ConfigError as e:
+        key, _, rest = str(e).partition(":")
+        raise ConfigError(f"{source}: {where(key.split('[')[0]) if origins else key}:{rest}") from None
+
+
+def config_dict(cfg: CommonConfig) -> dict[str, Any]:
+    """The config as JSON-ready primitives (paths as strings, tuples as lists)."""
+    return {f.name: _plain(getattr(cfg, f.name)) for f in fields(cfg)}
+
+
+def _plain(v: Any) -> Any:
+    return str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+
+
+def config_hash(cfg: CommonConfig) -> str:
+    """``sha256:`` of the config without its RUNTIME_FIELDS: what decides the artefacts' content."""
+    d = config_dict(cfg)
+    return artefacts.hash_json({k: v for k, v in d.items() if k not in type(cfg).RUNTIME_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------
+# params files
+
+
+def read_params(path: Path | str) -> dict[str, dict[str, Any]]:
+    """Read ``params/<split>.yaml`` with the safe loader and check its sections.
+
+    Returns:
+        ``{"common": {...}, "<stage>": {...}, ...}``.
+
+    Raises:
+        ConfigError: unreadable YAML, no ``common`` section, or a section that is not a stage id.
+    """
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read params ({' '.join(str(e).split())})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("common"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'common' section")
+    for section, body in doc.items():
+        if section != "common" and section not in STAGE_CONFIGS:
+            raise ConfigError(f"{path}: unknown section {section!r}; allowed: common, "
+                              f"{', '.join(STAGE_CONFIGS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of key: value")
+    return doc
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``'propose_regions.shard_index=3'`` -> ``('propose_regions', 'shard_index', 3)`` (value read as YAML).
+
+    Raises:
+        ConfigError: when the text is not ``section.key=value``.
+    """
+    m = re.fullmatch(r"([a-z_]+)\.([a-z0-9_]+)=(.*)", text.strip(), flags=re.S)
+    if not m:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. pretrain_clip.lr=1.0e-3")
+    try:
+        value = yaml.safe_load(m.group(3)) if m.group(3) else ""
+    except yaml.YAMLError:
+        value = m.group(3)
+    return m.group(1), m.group(2), value
+
+
+def stage_config(doc: Mapping[str, Mapping[str, Any]], stage: str, *, source: str,
+                 overrides: Sequence[str] = ()) -> CommonConfig:
+    """The validated config of ``stage``: common + stage section + ``--set`` overrides.
+
+    Raises:
+        ConfigError: unknown stage, a stage the file has no section for, a bad override or a bad value.
+    """
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"{source}: unknown stage {stage!r}; allowed: {', '.join(STAGE_CONFIGS)}")
+    if stage not in doc:
+        present = [s for s in STAGE_CONFIGS if s in doc]
+        raise ConfigError(f"{source}: no section {stage!r}; stages in this file: {', '.join(present) or 'none'}")
+    values = {**doc["common"], **doc[stage]}
+    origins = {**{k: "common" for k in doc["common"]}, **{k: stage for k in doc[stage]}}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section != "common" and section not in STAGE_CONFIGS:
+            raise ConfigError(f"--set {text}: unknown section {section!r}; allowed: common, "
+                              f"{', '.join(STAGE_CONFIGS)}")
+        allowed = field_names(CommonConfig if section == "common" else STAGE_CONFIGS[section])
+        if section != "common":
+            allowed = [k for k in allowed if k not in field_names(CommonConfig)]
+        if key not in allowed:
+            raise ConfigError(f"--set {text}: unknown key {section}.{key}; allowed keys: {', '.join(allowed)}")
+        if section in ("common", stage):  # others are for other stages of the same command
+            values[key], origins[key] = value, section
+    return load_config(STAGE_CONFIGS[stage], values, source=source, strict=True, origins=origins)

@@ -1,0 +1,145 @@
+"""The runner: params YAML -> validated configs -> one papermill execution per stage (and shard).
+
+Role: ``ezsd run`` (DESIGN.md II.6). Every selected stage's config is validated before anything
+runs; a stage whose manifest matches its config hash, its upstream artefact hashes and its outputs
+is skipped and says so; a sharded stage runs only the shards that are missing or stale (one after
+another unless a ``shard_index`` is given). Each execution is kept as
+``runs/<split>/<NN_stage>/notebooks/shard-XXXXX.ipynb``; a failing one keeps its error cell.
+Layer 4: imports only layer 0 (config, artefacts); papermill is imported here and only here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ezsd_core
+from ezsd_core import artefacts, config
+from ezsd_core.config import CommonConfig, ConfigError
+
+
+class StageFailed(RuntimeError):
+    """A stage notebook raised; the message names the executed notebook that holds the error."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one stage: ``ran`` (shards executed), ``skipped`` (with the reason)."""
+
+    stage: str
+    skipped: bool
+    detail: str
+    seconds: float = 0.0
+
+
+def notebook_path(stage: str) -> Path:
+    """``notebooks/NN_<stage>.ipynb`` of the checkout the package runs from."""
+    return Path(ezsd_core.__file__).resolve().parent.parent / "notebooks" / f"{artefacts.stage_dirname(stage)}.ipynb"
+
+
+def select_stages(doc: dict, *, stage: str | None = None, first: str | None = None, last: str | None = None,
+                  source: str) -> list[str]:
+    """The stage ids to run, in pipeline order: one ``stage``, or the file's stages from ``first`` to ``last``.
+
+    Raises:
+        ConfigError: an unknown stage id, or one the params file has no section for.
+    """
+    present = [s for s in artefacts.STAGE_NUMBERS if s in doc]
+    for name in (stage, first, last):
+        if name is not None and name not in artefacts.STAGE_NUMBERS:
+            raise ConfigError(f"unknown stage {name!r}; allowed: {', '.join(artefacts.STAGE_NUMBERS)}")
+        if name is not None and name not in present:
+            raise ConfigError(f"{source}: no section {name!r}; stages in this file: {', '.join(present)}")
+    if stage is not None:
+        return [stage]
+    lo = present.index(first) if first else 0
+    hi = present.index(last) if last else len(present) - 1
+    return present[lo:hi + 1]
+
+
+def _upstream_hashes(cfg: CommonConfig) -> dict[str, str]:
+    return {u: artefacts.require_complete(cfg.run_root, u)["artefact_hash"] for u in cfg.upstream_stages()}
+
+
+def _pending_shards(cfg: CommonConfig, stage: str, upstream: dict[str, str], explicit_shard: bool) -> list[int]:
+    if not hasattr(cfg, "num_shards"):
+        return [0]
+    if explicit_shard:
+        return [cfg.shard_index]
+    key = artefacts.shard_key(config.config_hash(cfg), upstream)
+    folder = artefacts.stage_dir(cfg.run_root, stage) / type(cfg).SHARD_DIR
+    return [i for i in range(cfg.num_shards)
+            if (artefacts.safetensors_metadata(folder / artefacts.shard_name(i, cfg.num_shards)) or {}).get("key") != key]
+
+
+def execute(cfg: CommonConfig, stage: str, shard_index: int) -> Path:
+    """Run a stage notebook once with papermill; returns the executed notebook's path.
+
+    Raises:
+        StageFailed: the notebook raised (its executed copy keeps the error cell).
+    """
+    import papermill  # 3 s to import: only when something really runs
+    from papermill.exceptions import PapermillExecutionError
+
+    out = artefacts.stage_dir(cfg.run_root, stage) / "notebooks" / f"shard-{shard_index:05d}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = config.config_dict(cfg)
+    if "shard_index" in params:
+        params["shard_index"] = shard_index
+    try:
+        papermill.execute_notebook(str(notebook_path(stage)), str(out), parameters=params, kernel_name="python3",
+                                   progress_bar=False, cwd=str(Path.cwd()))
+    except PapermillExecutionError as e:
+        raise StageFailed(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
+                          f"see the executed notebook {out}") from None
+    return out
+
+
+def run(params_path: Path | str, *, stage: str | None = None, first: str | None = None, last: str | None = None,
+        overrides: Sequence[str] = (), force: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
+    """Run stages of a params file, skipping those already complete.
+
+    Args:
+        params_path: ``params/<split>.yaml``.
+        stage: run only this stage; or ``first`` / ``last`` to bound a range (default: all in the file).
+        overrides: ``section.key=value`` strings (values read as YAML), applied after the file.
+        force: recompute even complete stages (also passed to the stages as ``force``).
+        echo: where progress lines go.
+
+    Returns:
+        One Outcome per selected stage.
+
+    Raises:
+        ConfigError: any params problem, before anything runs.
+        MissingArtefactError: an upstream stage outside the selection is not complete.
+        StageFailed: a notebook raised.
+    """
+    source = str(params_path)
+    doc = config.read_params(params_path)
+    names = select_stages(doc, stage=stage, first=first, last=last, source=source)
+    overrides = list(overrides) + (["common.force=true"] if force else [])
+    cfgs = {s: config.stage_config(doc, s, source=source, overrides=overrides) for s in names}
+    explicit = {s: any(o.strip().startswith(f"{s}.shard_index=") for o in overrides) for s in names}
+    outcomes = []
+    for n, s in enumerate(names, 1):
+        cfg, label = cfgs[s], f"[{n}/{len(names)}] {artefacts.stage_dirname(s)}"
+        upstream = _upstream_hashes(cfg)
+        reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, s), config_hash=config.config_hash(cfg),
+                                     upstream=upstream)
+        if reason is None and not cfg.force:
+            echo(f"{label}: skipped, up to date")
+            outcomes.append(Outcome(s, True, "up to date"))
+            continue
+        shards = list(range(cfg.num_shards)) if cfg.force and hasattr(cfg, "num_shards") and not explicit[s] \
+            else _pending_shards(cfg, s, upstream, explicit[s])
+        t0 = time.perf_counter()
+        for i in shards:
+            echo(f"{label}: running ({'forced' if cfg.force else reason})"
+                 + (f", shard {i + 1}/{cfg.num_shards}" if hasattr(cfg, "num_shards") else "") + " ...")
+            execute(cfg, s, i)
+        dt = time.perf_counter() - t0
+        echo(f"{label}: done in {dt:.1f} s")
+        outcomes.append(Outcome(s, False, reason or "forced", dt))
+    return outcomes

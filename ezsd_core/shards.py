@@ -1,0 +1,113 @@
+"""Sharded, ragged per-image tensors in safetensors files (CSR layout).
+
+Role: the hand-off format of stages 02 and 03 (DESIGN.md II.7). One file holds ``image_ids (I,)``
+and one or more *groups* of rows; group ``g`` has ``g_offsets (I+1,) int64`` and row tensors named
+``g_*`` whose first dimension is the group's total row count. Image ``i`` owns rows
+``g_offsets[i]:g_offsets[i+1]``; an image with no rows has two equal offsets. The header metadata
+carries ``schema_version``, ``box_format=xyxy_abs`` and the writer's key (config + upstream hash),
+which decides whether a shard on disk is current. Files are written atomically.
+Layer 1: torch, safetensors; imports artefacts, structures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from ezsd_core import artefacts
+from ezsd_core.structures import RegionSet
+
+SCHEMA_VERSION = "1"
+
+
+def write_shard(path: Path | str, image_ids: Sequence[int], groups: Mapping[str, Sequence[Mapping[str, Tensor]]],
+                metadata: Mapping[str, str]) -> None:
+    """Write one shard atomically.
+
+    Args:
+        path: destination ``.safetensors`` file.
+        image_ids: I dataset image ids.
+        groups: group name -> I per-image dicts of row tensors; every key must start with ``<group>_``
+            and every tensor of one image must have the same number of rows (possibly 0).
+        metadata: string key/values for the header (e.g. ``key``, ``split``).
+
+    Raises:
+        ValueError: inconsistent lengths or key names.
+    """
+    tensors: dict[str, Tensor] = {"image_ids": torch.as_tensor(list(image_ids), dtype=torch.int64)}
+    for group, per_image in groups.items():
+        if len(per_image) != len(image_ids):
+            raise ValueError(f"group {group!r}: {len(per_image)} entries for {len(image_ids)} images")
+        counts = [0]
+        for i, rows in enumerate(per_image):
+            sizes = {k: v.shape[0] for k, v in rows.items()}
+            if len(set(sizes.values())) > 1 or any(not k.startswith(f"{group}_") for k in rows):
+                raise ValueError(f"group {group!r}, image {image_ids[i]}: bad rows {sizes}")
+            counts.append(next(iter(sizes.values()), 0))
+        tensors[f"{group}_offsets"] = torch.tensor(counts, dtype=torch.int64).cumsum(0)
+        for key in per_image[0] if per_image else ():
+            tensors[key] = torch.cat([rows[key] for rows in per_image]).contiguous()
+    meta = {"schema_version": SCHEMA_VERSION, "box_format": "xyxy_abs", **{k: str(v) for k, v in metadata.items()}}
+    with artefacts.atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def read_header(path: Path | str) -> dict[str, str]:
+    """The header metadata of a shard, without reading any tensor."""
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def is_current(path: Path | str, key: str) -> bool:
+    """True when ``path`` exists and was written with writer key ``key`` (shard-level resume)."""
+    try:
+        return read_header(path).get("key") == key
+    except (OSError, Exception):  # a missing or unreadable file is simply not current
+        return False
+
+
+class RaggedShard:
+    """Lazy reader of one shard: ``len(shard)`` images, ``shard.rows(i, group)`` their rows.
+
+    Row tensors are sliced from the file on demand (safetensors memory-maps it), so a multi-GB
+    shard of embeddings costs only the rows that are read.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._file = safe_open(str(self.path), framework="pt")
+        self.metadata = dict(self._file.metadata() or {})
+        self.image_ids: Tensor = self._file.get_tensor("image_ids")
+        keys = list(self._file.keys())
+        self.groups = sorted(k[: -len("_offsets")] for k in keys if k.endswith("_offsets"))
+        self._offsets = {g: self._file.get_tensor(f"{g}_offsets") for g in self.groups}
+        self._keys = {g: [k for k in keys if k.startswith(f"{g}_") and k != f"{g}_offsets"] for g in self.groups}
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def rows(self, i: int, group: str) -> dict[str, Tensor]:
+        """The rows of image ``i`` (position in this shard) in ``group``: ``{key: (n_i, ...) tensor}``."""
+        a, b = self._offsets[group][i].item(), self._offsets[group][i + 1].item()
+        return {k: self._file.get_slice(k)[a:b] for k in self._keys[group]}
+
+    def region_set(self, i: int) -> RegionSet:
+        """Image ``i``'s ``region`` group as a RegionSet."""
+        rows = self.rows(i, "region")
+        return RegionSet(image_id=int(self.image_ids[i]), region_boxes=rows["region_boxes"],
+                         region_scores=rows["region_scores"], region_category_ids=rows["region_category_ids"],
+                         region_probs=rows["region_probs"], region_embeds=rows.get("region_embeds"))
+
+
+def region_rows(rs: RegionSet) -> dict[str, Tensor]:
+    """A RegionSet as the row dict of a ``region`` group (embeddings included when present)."""
+    rows = {"region_boxes": rs.region_boxes, "region_scores": rs.region_scores,
+            "region_category_ids": rs.region_category_ids, "region_probs": rs.region_probs}
+    if rs.region_embeds is not None:
+        rows["region_embeds"] = rs.region_embeds
+    return rows

@@ -1,0 +1,50 @@
+"""The pip route (Makefile/CI) and the conda route (environment.yml) install the same exact pins, and
+those pins satisfy every dependency pyproject.toml declares."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lock() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"requirements.lock: {line!r} is not an exact pin"
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def test_lock_satisfies_every_declared_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    pins = _lock()
+    for text in declared:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is declared in pyproject.toml but not pinned in requirements.lock"
+        assert req.specifier.contains(pins[name], prereleases=True), f"lock pins {name}=={pins[name]}, needs {req}"
+
+
+def test_conda_route_installs_the_lock() -> None:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-r requirements.lock" in pip
+    assert any(line.startswith("-e .") for line in pip)
+    assert any(str(d).startswith("python=3.11") for d in env["dependencies"] if isinstance(d, str))
+
+
+def test_make_and_ci_install_the_lock() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -r requirements.lock" in makefile
+    assert "python3 -m venv" in makefile
+    assert "make test" in (ROOT / ".ci/run").read_text()

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ezsd_core import config
+from ezsd_core.config import ConfigError
+
+COMMON = {"split": "smoke", "data_root": "data/smoke", "train_annotations": "coco/annotations/instances_train.json",
+          "val_annotations": "coco/annotations/instances_val.json", "train_images": "coco/train",
+          "val_images": "coco/val", "run_root": "runs/smoke", "seed": 0, "device": "cpu", "num_workers": 0,
+          "force": False}
+STAGE = {"clip_model": "ezsd-tiny-cnn", "num_steps": 2, "batch_size": 8, "lr": 1.0e-3, "text_lr": 1.0e-2,
+         "weight_decay": 0.0, "warmup_steps": 0, "log_every": 1}
+
+
+def _doc(**stage_changes) -> dict:
+    return {"common": dict(COMMON), "pretrain_clip": {**STAGE, **stage_changes}}
+
+
+def _cfg(doc: dict, *overrides: str) -> config.PretrainClipConfig:
+    return config.stage_config(doc, "pretrain_clip", source="params/smoke.yaml", overrides=overrides)
+
+
+def test_valid_params_give_typed_config() -> None:
+    cfg = _cfg(_doc(lr=1))
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0  # ints are promoted to floats
+    assert cfg.data_root == Path("data/smoke")
+    with pytest.raises(AttributeError):
+        cfg.lr = 2.0  # frozen
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"lrr": 1.0}, "unknown key pretrain_clip.lrr; allowed keys:"),
+    ({"lr": "1e-4"}, "pretrain_clip.lr: expected a float, got '1e-4' (YAML reads an exponent without a dot"),
+    ({"num_steps": "ten"}, "pretrain_clip.num_steps: expected an int, got 'ten'"),
+    ({"num_steps": True}, "pretrain_clip.num_steps: expected an int, got True"),
+    ({"batch_size": 1}, "pretrain_clip.batch_size: got 1; allowed range [2, inf]"),
+    ({"clip_model": None}, "pretrain_clip.clip_model: expected a string, got None"),
+])
+def test_bad_params_fail_in_one_line_naming_file_key_value_and_allowed(changes: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        _cfg(_doc(**changes))
+    msg = str(e.value)
+    assert msg.startswith("params/smoke.yaml: ") and fragment in msg and "\n" not in msg
+
+
+def test_missing_key_is_an_error() -> None:
+    doc = _doc()
+    del doc["pretrain_clip"]["warmup_steps"]
+    with pytest.raises(ConfigError, match="missing key warmup_steps"):
+        _cfg(doc)
+
+
+def test_overrides_are_parsed_as_yaml_and_checked() -> None:
+    assert _cfg(_doc(), "pretrain_clip.lr=2.0e-3", "common.seed=3").seed == 3
+    with pytest.raises(ConfigError, match=r"--set pretrain_clip.lrr=1: unknown key pretrain_clip.lrr"):
+        _cfg(_doc(), "pretrain_clip.lrr=1")
+    with pytest.raises(ConfigError, match="common.seed: got -1; allowed range"):
+        _cfg(_doc(), "common.seed=-1")
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        _cfg(_doc(), "seed=3")
+    with pytest.raises(ConfigError, match="unknown section 'nope'"):
+        _cfg(_doc(), "nope.x=1")
+
+
+def test_unknown_stage_section_and_missing_section_are_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown stage 'pretrain'"):
+        config.stage_config(_doc(), "pretrain", source="x.yaml")
+    doc = _doc()
+    doc["pretrain_clipp"] = doc.pop("pretrain_clip")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match="unknown section 'pretrain_clipp'; allowed: common, pretrain_clip"):
+        config.read_params(tmp_path / "p.yaml")
+    with pytest.raises(ConfigError, match="no section 'pretrain_clip'; stages in this file: none"):
+        config.stage_config({"common": COMMON}, "pretrain_clip", source="x.yaml")
+
+
+def test_config_hash_ignores_runtime_fields_only() -> None:
+    base = _cfg(_doc())
+    same = _cfg(_doc(log_every=7), "common.device=cuda", "common.run_root=/elsewhere", "common.force=true")
+    assert config.config_hash(base) == config.config_hash(same)
+    assert config.config_hash(base) != config.config_hash(_cfg(_doc(lr=2.0e-3)))
+    assert config.config_hash(base) != config.config_hash(_cfg(_doc(), "common.seed=1"))
+
+
+def test_load_config_picks_fields_from_a_notebook_namespace() -> None:
+    namespace = {**COMMON, **STAGE, "In": [], "get_ipython": object(), "_": None}
+    cfg = config.load_config(config.PretrainClipConfig, namespace)
+    assert cfg.clip_model == "ezsd-tiny-cnn"
+    with pytest.raises(ConfigError, match="missing key seed"):
+        config.load_config(config.PretrainClipConfig, {k: v for k, v in namespace.items() if k != "seed"})

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+from realformat import coco_categories, lvis_categories
+
+from ezsd_core import splits
+
+
+def test_coco_48_17_roles_and_vocabularies() -> None:
+    s = splits.split_from_categories("coco_48_17", coco_categories())
+    ref = splits.reference_lists()
+    assert len(s.ids("base")) == 48 and len(s.ids("novel")) == 17 and len(s.ids("all")) == 65
+    assert len(s.ids("proposal")) == 80, "proposals are scored over all 80 COCO names (spec §3)"
+    assert s.prompt_names("base") == tuple(ref["coco_zeroshot_base48"])
+    assert s.prompt_names("novel") == tuple(ref["coco_zeroshot_novel17"])
+    assert s.role_of(5) == "novel" and s.role_of(1) == "base" and s.role_of(10) == "other"  # airplane, person, light
+    lut = s.label_map("base")
+    assert list(lut.values()) == list(range(1, 49)) and list(lut) == sorted(lut)
+    assert s.label_map("all")[5] == 5  # airplane is the 5th of the 65 in id order
+
+
+def test_coco_60_20_is_the_voc_split() -> None:
+    s = splits.split_from_categories("coco_60_20", coco_categories())
+    assert len(s.ids("base")) == 60 and len(s.ids("novel")) == 20 and "person" in s.prompt_names("novel")
+
+
+def test_lvis_splits_are_derived_from_frequency() -> None:
+    ref = splits.reference_lists()
+    a = splits.split_from_categories("lvis_866_337", lvis_categories())
+    assert set(a.prompt_names("base")) == set(ref["lvis_freq_plus_comm866_in_id_order"])
+    assert set(a.prompt_names("novel")) == set(ref["lvis_rare337"])
+    assert len(a.ids("proposal")) == 1203
+    assert a.prompt_names("all") == tuple(ref["lvis_all1203_prompt_names_in_id_order"])  # json 'stero' fixed
+    b = splits.split_from_categories("lvis_405_798", lvis_categories())
+    assert set(b.prompt_names("base")) == set(ref["lvis_freq405"])
+    assert len(b.ids("novel")) == 798 and len(b.ids("proposal")) == 866, "rare names never propose (spec §3)"
+
+
+def test_toy_splits() -> None:
+    from ezsd_core.toyshapes import CATEGORY_NAMES
+    cats = [{"id": i + 1, "name": n, "frequency": "f" if i < 12 else "c" if i < 18 else "r"}
+            for i, n in enumerate(CATEGORY_NAMES)]
+    s = splits.split_from_categories("toy_coco", cats)
+    assert s.prompt_names("novel") == tuple(n for n in CATEGORY_NAMES if n in splits.TOY_NOVEL)
+    assert len(s.ids("base")) == 18
+    lv = splits.split_from_categories("toy_lvis", cats)
+    assert lv.style == "lvis" and len(lv.ids("novel")) == 6 and lv.frequency[-1] == "r"
+
+
+def test_bad_inputs_are_explained() -> None:
+    with pytest.raises(ValueError, match="unknown split 'coco_50_15'; allowed: smoke, toy_coco"):
+        splits.split_from_categories("coco_50_15", coco_categories())
+    with pytest.raises(ValueError, match="needs the 80 COCO categories"):
+        splits.split_from_categories("coco_48_17", coco_categories()[:70])
+    with pytest.raises(ValueError, match="needs 'frequency'"):
+        splits.split_from_categories("lvis_866_337", coco_categories())
