@@ -225,7 +225,8 @@ def write_manifest(stage_path: Path | str, *, stage: str, split: str, config: Ma
     manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "stage": stage, "split": split,
                 "status": "complete", "config": dict(config), "config_hash": config_hash,
                 "upstream": dict(upstream), "artefact_hash": art, "code": code_version(),
-                "env": env_versions(), "started_at": started_at, "finished_at": utc_now(),
+                "env": env_versions(), "command": os.environ.get("EZSD_COMMAND"),
+                "started_at": started_at, "finished_at": utc_now(),
                 "outputs": files, "summary": dict(summary), **(extra or {})}
     atomic_write_json(stage_path / MANIFEST, manifest)
     return manifest

@@ -1,4 +1,4 @@
-"""The ``ezsd`` console script: ``run``, ``toyworld`` (later: ``predict``, ``submit``).
+"""The ``ezsd`` console script: ``run``, ``report``, ``toyworld``.
 
 Role: argument parsing and error reporting only. Params problems print one line and exit 2
 before any heavy import (torch is never imported to validate a params file); a failing stage
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage and (args.first or args.last):
         raise ConfigError("give either --stage or --from/--to, not both")
     pipeline.run(args.params, stage=args.stage, first=args.first, last=args.last, overrides=args.set or (),
-                 force=args.force)
+                 force=args.force, command=shlex.join(["ezsd", *sys.argv[1:]]))
     return 0
 
 
@@ -33,6 +34,13 @@ def _toyworld(args: argparse.Namespace) -> int:
     spec = toyworld.WorldSpec(**{**spec.__dict__, **changes})
     out = toyworld.generate(args.out, spec, force=args.force)
     print(f"toy world in {out}: {(out / 'world.json').stat().st_size} bytes of index, spec {spec}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from ezsd_core import report
+
+    print(report.run_summary(args.params))
     return 0
 
 
@@ -49,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a parameter (value read as YAML); repeatable")
     r.add_argument("--force", action="store_true", help="recompute even stages that are up to date")
     r.set_defaults(func=_run)
+    rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
+    rep.add_argument("params", type=Path, help="params/<split>.yaml")
+    rep.set_defaults(func=_report)
     t = sub.add_parser("toyworld", help="generate the procedural shapes world (images + COCO/LVIS JSON)")
     t.add_argument("out", type=Path, help="output folder, e.g. data/toy")
     t.add_argument("--seed", type=int)

@@ -10,6 +10,8 @@ Layer 4: imports only layer 0 (config, artefacts); papermill is imported here an
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -98,7 +100,8 @@ def execute(cfg: CommonConfig, stage: str, shard_index: int) -> Path:
 
 
 def run(params_path: Path | str, *, stage: str | None = None, first: str | None = None, last: str | None = None,
-        overrides: Sequence[str] = (), force: bool = False, echo: Callable[[str], None] = print) -> list[Outcome]:
+        overrides: Sequence[str] = (), force: bool = False, echo: Callable[[str], None] = print,
+        command: str | None = None) -> list[Outcome]:
     """Run stages of a params file, skipping those already complete.
 
     Args:
@@ -107,6 +110,7 @@ def run(params_path: Path | str, *, stage: str | None = None, first: str | None 
         overrides: ``section.key=value`` strings (values read as YAML), applied after the file.
         force: recompute even complete stages (also passed to the stages as ``force``).
         echo: where progress lines go.
+        command: the command line to record in every manifest (default: an equivalent ``ezsd run``).
 
     Returns:
         One Outcome per selected stage.
@@ -122,24 +126,38 @@ def run(params_path: Path | str, *, stage: str | None = None, first: str | None 
     overrides = list(overrides) + (["common.force=true"] if force else [])
     cfgs = {s: config.stage_config(doc, s, source=source, overrides=overrides) for s in names}
     explicit = {s: any(o.strip().startswith(f"{s}.shard_index=") for o in overrides) for s in names}
-    outcomes = []
-    for n, s in enumerate(names, 1):
-        cfg, label = cfgs[s], f"[{n}/{len(names)}] {artefacts.stage_dirname(s)}"
-        upstream = _upstream_hashes(cfg)
-        reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, s), config_hash=config.config_hash(cfg),
-                                     upstream=upstream)
-        if reason is None and not cfg.force:
-            echo(f"{label}: skipped, up to date")
-            outcomes.append(Outcome(s, True, "up to date"))
-            continue
-        shards = list(range(cfg.num_shards)) if cfg.force and hasattr(cfg, "num_shards") and not explicit[s] \
-            else _pending_shards(cfg, s, upstream, explicit[s])
-        t0 = time.perf_counter()
-        for i in shards:
-            echo(f"{label}: running ({'forced' if cfg.force else reason})"
-                 + (f", shard {i + 1}/{cfg.num_shards}" if hasattr(cfg, "num_shards") else "") + " ...")
-            execute(cfg, s, i)
-        dt = time.perf_counter() - t0
-        echo(f"{label}: done in {dt:.1f} s")
-        outcomes.append(Outcome(s, False, reason or "forced", dt))
-    return outcomes
+    command = command or " ".join(["ezsd run", source, *(f"--set {o}" for o in overrides)])
+    with _environ(EZSD_COMMAND=command):  # notebook kernels inherit it; manifests record it
+        return [_run_stage(cfgs[s], s, f"[{n}/{len(names)}] {artefacts.stage_dirname(s)}", explicit[s], echo)
+                for n, s in enumerate(names, 1)]
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: Callable[[str], None]) -> Outcome:
+    upstream = _upstream_hashes(cfg)
+    reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, stage), config_hash=config.config_hash(cfg),
+                                 upstream=upstream)
+    if reason is None and not cfg.force:
+        echo(f"{label}: skipped, up to date")
+        return Outcome(stage, True, "up to date")
+    sharded = hasattr(cfg, "num_shards")
+    shards = list(range(cfg.num_shards)) if cfg.force and sharded and not explicit \
+        else _pending_shards(cfg, stage, upstream, explicit)
+    t0 = time.perf_counter()
+    for i in shards:
+        echo(f"{label}: running ({'forced' if cfg.force else reason})"
+             + (f", shard {i + 1}/{cfg.num_shards}" if sharded else "") + " ...")
+        execute(cfg, stage, i)
+    dt = time.perf_counter() - t0
+    echo(f"{label}: done in {dt:.1f} s")
+    return Outcome(stage, False, reason or "forced", dt)

@@ -1,0 +1,261 @@
+"""Stage 00 `pretrain_clip` (toy worlds only): train the tiny CLIP teacher on iconic image-caption pairs.
+
+Paper step: none. EZSD starts from OpenAI CLIP ViT-B/32 (arXiv 2303.12145 §3); this stage makes
+the stand-in for the toy world, where no CLIP weights can be downloaded.
+Reads: ``<data_root>/iconic/{train,heldout}.jsonl`` + images, ``<data_root>/world.json``, val scene GT.
+Writes: ``00_pretrain_clip/{open_clip_model.safetensors, metrics.json, train_log.jsonl, manifest.json}``.
+A checkpoint shipped in ``ezsd_core/resources/teacher`` is used instead of training when its recipe
+(this stage's knobs, the seed and the iconic data spec) is the same, unless ``force``.
+Imports: config, artefacts, runtime, data, crops, clip (layers 0-2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ezsd_core import artefacts, clip, config, crops, data, runtime
+from ezsd_core.artefacts import StageResult
+from ezsd_core.config import PretrainClipConfig
+
+STAGE = "pretrain_clip"
+WEIGHTS = "open_clip_model.safetensors"
+PROMPT = "a photo of a {}"
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# the science: loss and zero-shot accuracy (pure)
+
+
+def contrastive_loss(image_embeds: Tensor, text_embeds: Tensor, image_classes: Tensor, text_classes: Tensor,
+                     logit_scale: Tensor) -> Tensor:
+    """Symmetric multi-positive InfoNCE between images and the batch's distinct captions.
+
+    CLIP's loss treats every other caption in the batch as a negative; with 24 categories a batch of
+    128 holds many captions of the same category, so every caption of an image's category counts as a
+    positive (targets spread uniformly over them), in both directions.
+
+    Args:
+        image_embeds: (B, D) L2-normalised.
+        text_embeds: (T, D) L2-normalised embeddings of the batch's distinct captions.
+        image_classes: (B,) category of each image; text_classes: (T,) category of each caption.
+        logit_scale: scalar multiplier of the cosine logits.
+
+    Returns:
+        Scalar loss.
+    """
+    logits = logit_scale * image_embeds @ text_embeds.T
+    pos = (image_classes[:, None] == text_classes[None, :]).float()
+    to_text = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    to_image = -(pos.T / pos.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    return (to_text + to_image) / 2
+
+
+def zero_shot_top1(image_embeds: Tensor, class_embeds: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of nearest-text classification.
+
+    Args:
+        image_embeds: (N, D) (any scale); class_embeds: (K, D) L2-normalised; labels: (N,) in 0..K-1.
+    """
+    if len(labels) == 0:
+        return float("nan")
+    pred = (nn.functional.normalize(image_embeds, dim=-1) @ class_embeds.T).argmax(1)
+    return float((pred == labels).float().mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def load_iconic(root: Path, subset: str, size: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Iconic pairs of one subset, resized once to the model input size.
+
+    Returns:
+        images (N, 3, size, size) uint8, category ids (N,) int64, N captions.
+    """
+    rows = [json.loads(line) for line in (root / "iconic" / f"{subset}.jsonl").read_text().splitlines()]
+    pics = np.stack([np.asarray(Image.open(root / "iconic" / r["file"]).convert("RGB")) for r in rows])
+    small = crops.resize_images(torch.from_numpy(pics).permute(0, 3, 1, 2), size)
+    images = (small * 255).round().to(torch.uint8)
+    return images, torch.tensor([r["category_id"] for r in rows]), [r["caption"] for r in rows]
+
+
+def scene_crops(cfg: PretrainClipConfig, size: int) -> tuple[Tensor, Tensor, list]:
+    """GT crops (r = 1.2, spec §1.3) of every val scene box: (M, 3, S, S) in [0, 1], (M,) ids, the split."""
+    split, records = data.read_config_records(cfg, "val")
+    out, ids = [], []
+    for r in records:
+        image = torch.from_numpy(np.asarray(Image.open(r.file_name).convert("RGB")).copy()).permute(2, 0, 1)
+        out.append(crops.cut_crops(image, r.gt_boxes, scale=1.2, size=size))
+        ids.append(r.gt_category_ids)
+    return torch.cat(out), torch.cat(ids), split
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _param_groups(model: nn.Module, cfg: PretrainClipConfig) -> list[dict]:
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        text = not name.startswith("visual.") and name != "logit_scale"
+        no_decay = p.ndim < 2 or "embedding" in name or name == "logit_scale"
+        groups.setdefault((text, no_decay), []).append(p)
+    return [{"params": ps, "base_lr": cfg.text_lr if text else cfg.lr, "weight_decay": 0.0 if nd else cfg.weight_decay}
+            for (text, nd), ps in groups.items()]
+
+
+def _lr_factor(step: int, cfg: PretrainClipConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.num_steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[str], cfg: PretrainClipConfig,
+          evaluate, log_path: Path) -> list[dict]:
+    """Train both towers contrastively; log loss (and ``evaluate()``'s metrics every ``log_every`` steps).
+
+    Args:
+        images: (N, 3, S, S) uint8; classes: (N,) category ids; captions: N strings.
+        evaluate: callable returning a dict of metrics (called in eval mode).
+        log_path: ``train_log.jsonl`` (written atomically at the end; progress goes to the logger).
+
+    Returns:
+        The logged rows.
+    """
+    model = teacher.model.train().requires_grad_(True)
+    if cfg.token_init_std > 0:  # a wide token embedding breaks the near-constant start of the text tower
+        nn.init.normal_(model.token_embedding.weight, std=cfg.token_init_std)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(cfg.logit_scale_init))
+    distinct = sorted(set(captions))
+    tokens = teacher.tokenizer(distinct)
+    caption_of = torch.tensor([distinct.index(c) for c in captions])
+    caption_class = torch.empty(len(distinct), dtype=torch.int64)
+    caption_class[caption_of] = classes
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows, t0 = [], time.perf_counter()
+    for step in tqdm(range(cfg.num_steps), desc="pretrain_clip", unit="step", mininterval=5):
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+        x = crops.normalize(images[idx].float() / 255.0)
+        batch_captions = torch.unique(caption_of[idx])
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
+        img = nn.functional.normalize(model.encode_image(x), dim=-1)
+        txt = nn.functional.normalize(model.encode_text(tokens[batch_captions]), dim=-1)
+        loss = contrastive_loss(img, txt, classes[idx], caption_class[batch_captions], model.logit_scale.exp().clamp(max=100))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.num_steps:
+            row = {"step": step + 1, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - t0, 1)}
+            model.eval()
+            row.update(evaluate())
+            model.train()
+            rows.append(row)
+            log.info("step %d: %s", step + 1, row)
+    model.eval().requires_grad_(False)
+    artefacts.atomic_write_bytes(log_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def recipe(cfg: PretrainClipConfig) -> dict:
+    """What determines the trained weights: this stage's own knobs, the seed and the iconic data spec."""
+    own = {f.name for f in fields(PretrainClipConfig)} - {f.name for f in fields(config.CommonConfig)}
+    values = config.config_dict(cfg)
+    world = json.loads((cfg.data_root / "world.json").read_text())
+    iconic = {k: world["spec"][k] for k in ("seed", "num_iconic", "iconic_size")}
+    return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
+            "seed": cfg.seed, "iconic": iconic, "categories": world["categories"],
+            "world_schema": world["schema_version"]}
+
+
+def shipped_teacher() -> Path:
+    """Folder of the teacher checkpoint shipped in the package (its manifest records how it was made)."""
+    return Path(str(resources.files("ezsd_core").joinpath("resources/teacher")))
+
+
+def _use_shipped(cfg: PretrainClipConfig, recipe_hash: str, out: Path) -> dict | None:
+    record = artefacts.read_manifest(shipped_teacher())
+    if cfg.force or record is None or record.get("recipe_hash") != recipe_hash:
+        return None
+    with artefacts.atomic_path(out / WEIGHTS) as tmp:
+        shutil.copyfile(shipped_teacher() / WEIGHTS, tmp)
+    log.info("using the shipped teacher (same recipe %s; train it again with --force)", recipe_hash[:15])
+    return record
+
+
+def run(cfg: PretrainClipConfig) -> StageResult:
+    """Train (or install the shipped) teacher, evaluate it, write weights, metrics and the manifest.
+
+    Returns:
+        StageResult with ``summary`` = the metrics (iconic and scene-crop zero-shot top-1).
+    """
+    started = artefacts.utc_now()
+    determinism = runtime.seed_everything(cfg.seed)
+    runtime.configure_threads()
+    out = artefacts.stage_dir(cfg.run_root, STAGE)
+    out.mkdir(parents=True, exist_ok=True)
+    chash = config.config_hash(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream={}) is None and not cfg.force:
+        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    rhash = artefacts.hash_json(recipe(cfg))
+    teacher = clip.build_clip(cfg.clip_model, None, allow_random_init=True)
+    names = json.loads((cfg.data_root / "world.json").read_text())["categories"]
+    ids = data.read_split(cfg.data_root / cfg.val_annotations, cfg.split).category_ids
+    lut = {cid: k for k, cid in enumerate(ids)}
+    held_x, held_y, _ = load_iconic(cfg.data_root, "heldout", teacher.image_size)
+    crop_x, crop_y, split = scene_crops(cfg, teacher.image_size)
+    novel = torch.tensor([split.role_of(int(c)) == "novel" for c in crop_y], dtype=torch.bool)
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        text = clip.encode_texts(teacher, names, [PROMPT])
+        it = zero_shot_top1(clip.encode_images(teacher, crops.normalize(held_x.float() / 255)), text,
+                            torch.tensor([lut[int(c)] for c in held_y]))
+        emb = clip.encode_images(teacher, crops.normalize(crop_x))
+        labels = torch.tensor([lut[int(c)] for c in crop_y])
+        return {"iconic/top1": round(it, 4), "scene_crop/top1": round(zero_shot_top1(emb, text, labels), 4),
+                "scene_crop/top1_base": round(zero_shot_top1(emb[~novel], text, labels[~novel]), 4),
+                "scene_crop/top1_novel": round(zero_shot_top1(emb[novel], text, labels[novel]), 4)}
+
+    shipped = _use_shipped(cfg, rhash, out)
+    t0 = time.perf_counter()
+    if shipped is None:
+        images, classes, captions = load_iconic(cfg.data_root, "train", teacher.image_size)
+        train(teacher, images, classes, captions, cfg, evaluate, out / "train_log.jsonl")
+        with artefacts.atomic_path(out / WEIGHTS) as tmp:
+            save_file({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, str(tmp))
+    else:
+        teacher = clip.build_clip(cfg.clip_model, str(out / WEIGHTS))
+        artefacts.atomic_write_bytes(out / "train_log.jsonl", (shipped_teacher() / "train_log.jsonl").read_bytes())
+    metrics = {**evaluate(), "train_seconds": round(time.perf_counter() - t0, 1), "num_scene_crops": len(crop_y),
+               "num_iconic_heldout": len(held_y)}
+    artefacts.atomic_write_json(out / "metrics.json", metrics)
+    extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
+             "source": "trained" if shipped is None else "shipped",
+             "shipped_record": None if shipped is None else {k: shipped[k] for k in ("summary", "command", "code")}}
+    manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
+                                        config_hash=chash, upstream={}, summary=metrics, started_at=started,
+                                        outputs=[WEIGHTS, "metrics.json", "train_log.jsonl"], extra=extra)
+    return StageResult(out, False, manifest["summary"])
