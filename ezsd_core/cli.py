@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage and (args.first or args.last):
         raise ConfigError("give either --stage or --from/--to, not both")
     pipeline.run(args.params, stage=args.stage, first=args.first, last=args.last, overrides=args.set or (),
-                 force=args.force, command=shlex.join(["ezsd", *sys.argv[1:]]))
+                 force=args.force, command=shlex.join(["ezsd", *sys.argv[1:]]), verbose=args.verbose)
     return 0
 
 
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a parameter (value read as YAML); repeatable")
     r.add_argument("--force", action="store_true", help="recompute even stages that are up to date")
+    r.add_argument("-v", "--verbose", action="store_true", help="stream the notebooks' logs and progress bars")
     r.set_defaults(func=_run)
     rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
     rep.add_argument("params", type=Path, help="params/<split>.yaml")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ezsd`` console script; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("papermill").setLevel(logging.WARNING)  # one progress line per stage is ours
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

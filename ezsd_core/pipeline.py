@@ -76,7 +76,7 @@ def _pending_shards(cfg: CommonConfig, stage: str, upstream: dict[str, str], exp
             if (artefacts.safetensors_metadata(folder / artefacts.shard_name(i, cfg.num_shards)) or {}).get("key") != key]
 
 
-def execute(cfg: CommonConfig, stage: str, shard_index: int) -> Path:
+def execute(cfg: CommonConfig, stage: str, shard_index: int, *, verbose: bool = False) -> Path:
     """Run a stage notebook once with papermill; returns the executed notebook's path.
 
     Raises:
@@ -92,7 +92,7 @@ def execute(cfg: CommonConfig, stage: str, shard_index: int) -> Path:
         params["shard_index"] = shard_index
     try:
         papermill.execute_notebook(str(notebook_path(stage)), str(out), parameters=params, kernel_name="python3",
-                                   progress_bar=False, cwd=str(Path.cwd()))
+                                   progress_bar=False, log_output=verbose, cwd=str(Path.cwd()))
     except PapermillExecutionError as e:
         raise StageFailed(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
                           f"see the executed notebook {out}") from None
@@ -101,7 +101,7 @@ def execute(cfg: CommonConfig, stage: str, shard_index: int) -> Path:
 
 def run(params_path: Path | str, *, stage: str | None = None, first: str | None = None, last: str | None = None,
         overrides: Sequence[str] = (), force: bool = False, echo: Callable[[str], None] = print,
-        command: str | None = None) -> list[Outcome]:
+        command: str | None = None, verbose: bool = False) -> list[Outcome]:
     """Run stages of a params file, skipping those already complete.
 
     Args:
@@ -111,6 +111,7 @@ def run(params_path: Path | str, *, stage: str | None = None, first: str | None 
         force: recompute even complete stages (also passed to the stages as ``force``).
         echo: where progress lines go.
         command: the command line to record in every manifest (default: an equivalent ``ezsd run``).
+        verbose: stream the notebooks' output (logs, progress bars) while they run.
 
     Returns:
         One Outcome per selected stage.
@@ -128,8 +129,8 @@ def run(params_path: Path | str, *, stage: str | None = None, first: str | None 
     explicit = {s: any(o.strip().startswith(f"{s}.shard_index=") for o in overrides) for s in names}
     command = command or " ".join(["ezsd run", source, *(f"--set {o}" for o in overrides)])
     with _environ(EZSD_COMMAND=command):  # notebook kernels inherit it; manifests record it
-        return [_run_stage(cfgs[s], s, f"[{n}/{len(names)}] {artefacts.stage_dirname(s)}", explicit[s], echo)
-                for n, s in enumerate(names, 1)]
+        return [_run_stage(cfgs[s], s, f"[{n}/{len(names)}] {artefacts.stage_dirname(s)}", explicit[s], echo,
+                           verbose) for n, s in enumerate(names, 1)]
 
 
 @contextlib.contextmanager
@@ -143,7 +144,8 @@ def _environ(**values: str):
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: Callable[[str], None]) -> Outcome:
+def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: Callable[[str], None],
+               verbose: bool) -> Outcome:
     upstream = _upstream_hashes(cfg)
     reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, stage), config_hash=config.config_hash(cfg),
                                  upstream=upstream)
@@ -157,7 +159,7 @@ def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: 
     for i in shards:
         echo(f"{label}: running ({'forced' if cfg.force else reason})"
              + (f", shard {i + 1}/{cfg.num_shards}" if sharded else "") + " ...")
-        execute(cfg, stage, i)
+        execute(cfg, stage, i, verbose=verbose)
     dt = time.perf_counter() - t0
     echo(f"{label}: done in {dt:.1f} s")
     return Outcome(stage, False, reason or "forced", dt)
