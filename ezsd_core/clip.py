@@ -100,14 +100,15 @@ def build_clip(model_name: str, pretrained: str | None, *, allow_random_init: bo
                          f"({', '.join(tags) or 'none'}) nor an existing checkpoint file")
     with _quiet_open_clip():
         model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        tokenizer = open_clip.get_tokenizer(model_name)
     model.eval().requires_grad_(False)
     size = model.visual.image_size
-    return Clip(model=model, tokenizer=open_clip.get_tokenizer(model_name), model_name=model_name,
+    return Clip(model=model, tokenizer=tokenizer, model_name=model_name,
                 image_size=int(size[0] if isinstance(size, tuple | list) else size), pretrained=pretrained)
 
 
 class _quiet_open_clip:
-    """open_clip warns 'No pretrained weights loaded' at WARNING even when random init was asked for."""
+    """open_clip logs on the root logger (INFO chatter; a WARNING even when random init was asked for)."""
 
     def __enter__(self) -> None:
         self.level = logging.root.level
@@ -202,3 +203,25 @@ def load_layernorms(clip: Clip, path: Path | str) -> None:
 def packaged_config(model_name: str) -> dict:
     """The JSON config of a packaged ``ezsd-*`` model."""
     return json.loads(resources.files("ezsd_core").joinpath(f"resources/open_clip/{model_name}.json").read_text())
+
+
+def load_tuned(finetune_dir: Path | str, device: str | torch.device = "cpu") -> tuple[Clip, dict[str, Tensor]]:
+    """The CLIP of stage 01 (its base model + tuned LayerNorms) and its text embeddings.
+
+    Args:
+        finetune_dir: ``runs/<split>/01_finetune_clip`` (complete; check with ``artefacts.require_complete``).
+
+    Returns:
+        The Clip and ``{vocab: (K, D) float32 unit rows, f"{vocab}_category_ids": (K,) int64}`` for
+        vocab in base / novel / all / proposal.
+    """
+    from safetensors.torch import load_file
+
+    from ezsd_core import artefacts
+
+    finetune_dir = Path(finetune_dir)
+    record = artefacts.read_manifest(finetune_dir)["clip"]
+    model = build_clip(record["model_name"], record["pretrained"], allow_random_init=record["pretrained"] is None,
+                       device=device)
+    load_layernorms(model, finetune_dir / "clip_ln.safetensors")
+    return model, load_file(str(finetune_dir / "text_embeds.safetensors"))

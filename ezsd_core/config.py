@@ -11,6 +11,7 @@ Reads: params YAML. Layer 0: standard library + PyYAML only (no torch).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -86,8 +87,81 @@ class PretrainClipConfig(CommonConfig):
     log_every: int = knob(lo=1, default=50)  # steps between loss/accuracy log rows
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FinetuneClipConfig(CommonConfig):
+    """Stage 01: tune only CLIP's LayerNorms on crops of base GT boxes (method spec §2)."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
+
+    clip_model: str | None  # open_clip name, verbatim; null when clip_pretrained is pretrain_clip
+    clip_pretrained: str | None  # open_clip tag ("openai"), a checkpoint file, or pretrain_clip (stage 00)
+    allow_random_init: bool  # clip_pretrained: null builds an untrained CLIP only when this is true
+    towers: tuple[str, ...] = knob(choices=("image", "text"))  # whose LayerNorms are tuned
+    prompt_templates: tuple[str, ...]  # e.g. ["a photo of a {}"] (the reference uses just this one)
+    loss: str = knob(choices=("bce", "softmax"))  # bce = the reference's sigmoid BCE on logit_scale*cos
+    epochs: int = knob(lo=0)
+    batch_size: int = knob(lo=1)  # images per step; every base GT crop of an image is a sample
+    lr: float = knob(lo=0.0)
+    weight_decay: float = knob(lo=0.0)
+    grad_clip: float = knob(lo=0.0)  # max L2 norm of the gradient (0.1 in the reference)
+    crop_scale: float = knob(lo=1.0)  # box enlargement r (1.2)
+    min_box_side: float = knob(lo=0.0)  # px of the original image; narrower boxes are widened first
+    hflip_prob: float = knob(lo=0.0, hi=1.0)
+    log_every: int = knob(lo=1, default=50)
+
+    def upstream_stages(self) -> tuple[str, ...]:
+        return ("pretrain_clip",) if self.clip_pretrained == PRETRAIN_CLIP else ()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProposeRegionsConfig(CommonConfig):
+    """Stage 02: score a dense anchor grid with the tuned CLIP, keep confident regions (spec §3)."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
+        "shard_index", "num_shards", "crops_per_batch")
+    UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip",)
+    SHARD_DIR: ClassVar[str] = "regions"
+
+    resize_min_side: int = knob(lo=1)  # anchors live on the image resized to this short side ...
+    resize_max_side: int = knob(lo=1)  # ... with the long side capped here (800 / 1333 in the reference)
+    anchor_stride: int = knob(lo=1)  # px of the resized image between anchor centres
+    anchor_sides: tuple[int, ...]  # px of the resized image (stride x scales: 32..512 in the reference)
+    anchor_ratios: tuple[float, ...]  # h / w
+    crop_scale: float = knob(lo=1.0)  # r = 1.0 when scoring
+    nms_iou: float = knob(lo=0.0, hi=1.0)
+    max_regions: int = knob(lo=1)  # top-K kept per image after NMS
+    num_recall_images: int = knob(lo=0)  # val images also proposed, for recall metrics only
+    crops_per_batch: int = knob(lo=1, default=1024)
+    shard_index: int = knob(lo=0, default=0)
+    num_shards: int = knob(lo=1, default=1)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ExtractFeaturesConfig(CommonConfig):
+    """Stage 03: CLIP embeddings of selected regions and of every base GT box (spec §4)."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
+        "shard_index", "num_shards", "crops_per_batch")
+    UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "propose_regions")
+    SHARD_DIR: ClassVar[str] = "feats"
+
+    iou_filter_gt: str = knob(choices=("base", "all"))  # all = the reference, which reads novel GT (a leak)
+    iou_thresh: float = knob(lo=0.0, hi=1.0)  # regions overlapping a GT box at least this much are dropped
+    subset_rule: str = knob(choices=("drop_base", "random"))  # spec §4: COCO zero-shot / other settings
+    num_candidates: int = knob(lo=1)  # drop_base: survivors embedded and classified (1000)
+    max_regions: int = knob(lo=1)  # regions kept per image (300 drop_base, 500 random)
+    crop_scale: float = knob(lo=1.0)  # r = 1.2
+    crops_per_batch: int = knob(lo=1, default=1024)
+    shard_index: int = knob(lo=0, default=0)
+    num_shards: int = knob(lo=1, default=1)
+
+
+PRETRAIN_CLIP = "pretrain_clip"  # the value of clip_pretrained that means "the stage-00 teacher"
 STAGE_CONFIGS: dict[str, type[CommonConfig]] = {
     "pretrain_clip": PretrainClipConfig,
+    "finetune_clip": FinetuneClipConfig,
+    "propose_regions": ProposeRegionsConfig,
+    "extract_features": ExtractFeaturesConfig,
 }
 
 
@@ -138,9 +212,10 @@ def _validate(cfg: CommonConfig) -> None:
         lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
         if value is None:
             continue
-        if choices and value not in choices:
+        items = value if isinstance(value, tuple) else (value,)
+        if choices and any(v not in choices for v in items):
             raise ConfigError(f"{f.name}: got {value!r}; allowed: {', '.join(map(repr, choices))}")
-        if lo is not None and value < lo or hi is not None and value > hi:
+        if any(lo is not None and v < lo or hi is not None and v > hi for v in items):
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{f.name}: got {value!r}; allowed range {rng}")
     if hasattr(cfg, "num_shards") and not 0 <= cfg.shard_index < cfg.num_shards:
@@ -149,6 +224,9 @@ def _validate(cfg: CommonConfig) -> None:
     if getattr(cfg, "clip_pretrained", "") is None and not getattr(cfg, "allow_random_init", False):
         raise ConfigError("clip_pretrained: null means a random-init CLIP; set allow_random_init: true "
                           "to allow it, or name a pretrained tag / checkpoint")
+    if hasattr(cfg, "clip_pretrained") and (cfg.clip_pretrained == "pretrain_clip") != (cfg.clip_model is None):
+        raise ConfigError("clip_model: must be null exactly when clip_pretrained is pretrain_clip "
+                          "(the stage-00 manifest names the model)")
 
 
 def field_names(cls: type[CommonConfig]) -> list[str]:
@@ -201,6 +279,40 @@ def config_hash(cfg: CommonConfig) -> str:
     """``sha256:`` of the config without its RUNTIME_FIELDS: what decides the artefacts' content."""
     d = config_dict(cfg)
     return artefacts.hash_json({k: v for k, v in d.items() if k not in type(cfg).RUNTIME_FIELDS})
+
+
+# ---------------------------------------------------------------------------------------------
+# lineage
+
+
+@functools.cache
+def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
+    return artefacts.sha256_file(path)
+
+
+def data_fingerprint(cfg: CommonConfig) -> str:
+    """Hash of the annotation files (and the toy world's ``world.json``): data a stage's output depends on.
+
+    Images are not hashed (too many); they are assumed to change only with their annotation file.
+    Hashes are memoised per (path, size, mtime) within a process.
+    """
+    files = [cfg.data_root / cfg.train_annotations, cfg.data_root / cfg.val_annotations, cfg.data_root / "world.json"]
+    found = {}
+    for f in files:
+        if f.exists():
+            st = f.stat()
+            found[f.name] = _file_sha256(f.resolve(), st.st_size, st.st_mtime_ns)
+    return artefacts.hash_json(found)
+
+
+def upstream_hashes(cfg: CommonConfig) -> dict[str, str]:
+    """The lineage a stage's artefacts depend on: ``artefact_hash`` of each upstream stage, plus ``data``.
+
+    Raises:
+        MissingArtefactError: an upstream stage is not complete.
+    """
+    ups = {u: artefacts.require_complete(cfg.run_root, u)["artefact_hash"] for u in cfg.upstream_stages()}
+    return {**ups, "data": data_fingerprint(cfg)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,10 +61,6 @@ def select_stages(doc: dict, *, stage: str | None = None, first: str | None = No
     return present[lo:hi + 1]
 
 
-def _upstream_hashes(cfg: CommonConfig) -> dict[str, str]:
-    return {u: artefacts.require_complete(cfg.run_root, u)["artefact_hash"] for u in cfg.upstream_stages()}
-
-
 def _pending_shards(cfg: CommonConfig, stage: str, upstream: dict[str, str], explicit_shard: bool) -> list[int]:
     if not hasattr(cfg, "num_shards"):
         return [0]
@@ -146,7 +142,7 @@ def _environ(**values: str):
 
 def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: Callable[[str], None],
                verbose: bool) -> Outcome:
-    upstream = _upstream_hashes(cfg)
+    upstream = config.upstream_hashes(cfg)
     reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, stage), config_hash=config.config_hash(cfg),
                                  upstream=upstream)
     if reason is None and not cfg.force:

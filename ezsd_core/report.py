@@ -59,3 +59,81 @@ def run_summary(params_path: Path | str) -> str:
         for key, value in read_metrics(folder).items():
             lines.append(f"      {key:<34} {value:.4f}" if isinstance(value, float) else f"      {key:<34} {value}")
     return "\n".join(lines)
+
+
+def before_after(stage_path: Path | str):
+    """Grouped bars of ``before/top1_*`` vs ``after/top1_*`` from stage 01's metrics; returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = read_metrics(stage_path)
+    keys = [k.split("/", 1)[1] for k in m if k.startswith("before/")]
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(1.1 * len(keys) + 2, 3))
+    for dx, when in ((-0.2, "before"), (0.2, "after")):
+        vals = [m[f"{when}/{k}"] for k in keys]
+        bars = ax.bar(x + dx, vals, 0.4, label=f"{when} tuning")
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, [k.replace("top1_", "") for k in keys])
+    ax.set_ylabel("crop top-1 accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def recall_curves(stage_path: Path | str):
+    """Recall of val GT (base, novel, all) against the number of regions kept (stage 02); the Figure."""
+    import matplotlib.pyplot as plt
+
+    m = read_metrics(stage_path)
+    if not m:
+        print("no metrics yet: they are computed when every shard is done")
+        return None
+    ks = sorted({int(k.split("@")[1].split("_")[0]) for k in m if k.startswith("recall@")})
+    fig, ax = plt.subplots(figsize=(4.2, 3))
+    for subset in ("base", "novel", "all"):
+        ax.plot(ks, [m[f"recall@{k}_{subset}"] for k in ks], marker="o", label=subset)
+    ax.set_xscale("log")
+    ax.set_xlabel("regions per image (top-k)")
+    ax.set_ylabel("recall @ IoU 0.5")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def regions_on_images(stage_path: Path | str, num_images: int = 4, top: int = 10):
+    """The top regions (red, with CLIP's category) and the GT boxes (green) on a few val images; the Figure."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ezsd_core import data, shards
+
+    stage_path = Path(stage_path)
+    manifest = artefacts.read_manifest(stage_path)
+    if manifest is None:
+        print("the stage is not complete yet (other shards still running): figures appear once it is")
+        return None
+    cfg = config.load_config(config.ProposeRegionsConfig, manifest["config"])
+    split, records = data.read_config_records(cfg, "val")
+    by_id = {r.image_id: r for r in records}
+    shown = []
+    for p in sorted((stage_path / cfg.SHARD_DIR).glob("shard-*.safetensors")):
+        shard = shards.RaggedShard(p)
+        shown += [shard.region_set(i) for i in range(len(shard)) if shard.image_fields["image_is_val"][i]]
+    shown = sorted(shown, key=lambda rs: rs.image_id)[:num_images]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.2 * max(len(shown), 1), 3.4), squeeze=False)
+    for ax, rs in zip(axes[0], shown):
+        rec = by_id[rs.image_id]
+        ax.imshow(Image.open(rec.file_name))
+        for (x1, y1, x2, y2), cid in zip(rec.gt_boxes.tolist(), rec.gt_category_ids.tolist()):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.5))
+            ax.text(x1, y2, f"{split.name_of(cid)} ({split.role_of(cid)})", color="lime", fontsize=6, va="top")
+        for (x1, y1, x2, y2), cid in zip(rs.region_boxes[:top].tolist(), rs.region_category_ids[:top].tolist()):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="red", lw=0.8))
+            ax.text(x1, y1, split.name_of(cid), color="red", fontsize=5)
+        ax.set_title(f"image {rs.image_id}: top {top} regions", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

@@ -11,7 +11,7 @@ Layer 1: torch, safetensors; imports artefacts, structures.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ SCHEMA_VERSION = "1"
 
 
 def write_shard(path: Path | str, image_ids: Sequence[int], groups: Mapping[str, Sequence[Mapping[str, Tensor]]],
-                metadata: Mapping[str, str]) -> None:
+                metadata: Mapping[str, str], image_fields: Mapping[str, Tensor] | None = None) -> None:
     """Write one shard atomically.
 
     Args:
@@ -35,11 +35,16 @@ def write_shard(path: Path | str, image_ids: Sequence[int], groups: Mapping[str,
         groups: group name -> I per-image dicts of row tensors; every key must start with ``<group>_``
             and every tensor of one image must have the same number of rows (possibly 0).
         metadata: string key/values for the header (e.g. ``key``, ``split``).
+        image_fields: more per-image tensors, (I, ...) each, named ``image_*`` (e.g. ``image_is_val``).
 
     Raises:
         ValueError: inconsistent lengths or key names.
     """
     tensors: dict[str, Tensor] = {"image_ids": torch.as_tensor(list(image_ids), dtype=torch.int64)}
+    for key, value in (image_fields or {}).items():
+        if not key.startswith("image_") or len(value) != len(image_ids):
+            raise ValueError(f"image field {key!r} must be named image_* and have one row per image")
+        tensors[key] = value.contiguous()
     for group, per_image in groups.items():
         if len(per_image) != len(image_ids):
             raise ValueError(f"group {group!r}: {len(per_image)} entries for {len(image_ids)} images")
@@ -67,7 +72,7 @@ def is_current(path: Path | str, key: str) -> bool:
     """True when ``path`` exists and was written with writer key ``key`` (shard-level resume)."""
     try:
         return read_header(path).get("key") == key
-    except (OSError, Exception):  # a missing or unreadable file is simply not current
+    except Exception:  # a missing, truncated or foreign file is simply not current
         return False
 
 
@@ -84,6 +89,7 @@ class RaggedShard:
         self.metadata = dict(self._file.metadata() or {})
         self.image_ids: Tensor = self._file.get_tensor("image_ids")
         keys = list(self._file.keys())
+        self.image_fields = {k: self._file.get_tensor(k) for k in keys if k.startswith("image_")}
         self.groups = sorted(k[: -len("_offsets")] for k in keys if k.endswith("_offsets"))
         self._offsets = {g: self._file.get_tensor(f"{g}_offsets") for g in self.groups}
         self._keys = {g: [k for k in keys if k.startswith(f"{g}_") and k != f"{g}_offsets"] for g in self.groups}
@@ -111,3 +117,56 @@ def region_rows(rs: RegionSet) -> dict[str, Tensor]:
     if rs.region_embeds is not None:
         rows["region_embeds"] = rs.region_embeds
     return rows
+
+
+def _concat(parts: list[RaggedShard]) -> tuple[list[int], dict[str, list[dict[str, Tensor]]], dict[str, Tensor]]:
+    ids = [int(i) for p in parts for i in p.image_ids]
+    groups = {g: [p.rows(i, g) for p in parts for i in range(len(p))] for g in (parts[0].groups if parts else [])}
+    fields = {k: torch.cat([p.image_fields[k] for p in parts]) for k in (parts[0].image_fields if parts else {})
+              if k != "image_ids"}
+    return ids, groups, fields
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.parent / ".parts" / path.name.removesuffix(".safetensors")
+
+
+def discard_parts(path: Path | str) -> None:
+    """Delete the resumable parts of a shard (``--force`` recomputes from scratch)."""
+    folder = _parts_dir(Path(path))
+    for p in folder.glob("*.safetensors*"):
+        p.unlink()
+    if folder.exists():
+        folder.rmdir()
+
+
+def build_in_parts(path: Path | str, key: str, items: Sequence, work, *, chunk: int,
+                   metadata: Callable[[], Mapping[str, str]]) -> None:
+    """Build one shard from ``items`` in chunks, each saved atomically as a part, so a killed run resumes.
+
+    Parts live in ``<dir>/.parts/<shard stem>/part-NNNNN.safetensors`` with the writer ``key``; parts
+    already written with this key are not recomputed. When all parts exist they are merged into
+    ``path`` (atomically) and deleted. Nothing named like a finished shard exists before that.
+
+    Args:
+        path: the shard file to produce.
+        key: writer key (``artefacts.shard_key``); stale parts (other keys) are recomputed.
+        items: the shard's work items (e.g. image records), in order.
+        work: ``work(list_of_items) -> (image_ids, groups, image_fields)``, the arguments of ``write_shard``.
+        chunk: items per part.
+        metadata: called after the work, returns the final shard's header metadata (``key`` is added).
+    """
+    path = Path(path)
+    parts_dir = _parts_dir(path)
+    names = []
+    for c, start in enumerate(range(0, len(items), chunk)):
+        part = parts_dir / f"part-{c:05d}.safetensors"
+        names.append(part)
+        if not is_current(part, key):
+            ids, groups, fields = work(list(items[start:start + chunk]))
+            write_shard(part, ids, groups, {"key": key}, image_fields=fields)
+    ids, groups, fields = _concat([RaggedShard(p) for p in names])
+    if not names:  # an empty shard still records its (empty) groups
+        ids, groups, fields = work([])
+    write_shard(path, ids, groups, {**metadata(), "key": key}, image_fields=fields)
+    discard_parts(path)

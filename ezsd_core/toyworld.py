@@ -34,7 +34,8 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: val image ids offset by VAL_ID_OFFSET
+VAL_ID_OFFSET = 1_000_000
 SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: smooth edges, exact 0.5-coverage masks
 COLOR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 CAPTION_TEMPLATES = (
@@ -307,8 +308,9 @@ def _scenes(root: Path, subset: str, spec: WorldSpec, weights: np.ndarray, pool:
     (root / subset).mkdir(parents=True, exist_ok=True)
     jobs = [(root / subset / f"{i + 1:06d}.png", _item_seed(spec.seed, f"{kind}/{subset}", i),
              spec.image_size, weights, spec.max_objects) for i in range(count)]
+    first_id = 1 if subset == "train" else VAL_ID_OFFSET + 1  # ids unique across train and val, as in COCO
     for i, (h, w, objects) in enumerate(pool.map(_scene_job, jobs, chunksize=16)):
-        yield i + 1, f"{i + 1:06d}.png", h, w, objects
+        yield first_id + i, f"{i + 1:06d}.png", h, w, objects
 
 
 def _coco_json(records: list, ids: list[int]) -> dict:
@@ -395,11 +397,13 @@ def generate(out: Path | str, spec: WorldSpec, *, workers: int | None = None, fo
     """
     out = Path(out)
     marker = out / "world.json"
-    if marker.exists() and json.loads(marker.read_text())["spec"] == asdict(spec) and not force:
-        return out
+    if marker.exists() and not force:
+        info = json.loads(marker.read_text())
+        if info["spec"] == asdict(spec) and info["schema_version"] == SCHEMA_VERSION:
+            return out
     if out.exists() and not force:
-        raise FileExistsError(f"{out} exists and is not a toy world made with these arguments; "
-                              "pass --force to replace it")
+        raise FileExistsError(f"{out} exists and is not a toy world made with these arguments by this version "
+                              "of ezsd; pass --force to replace it")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     ids = category_ids()
     uniform = np.ones(len(CATEGORY_NAMES))

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ezsd_core import artefacts, clip, config, crops, data, runtime
 from ezsd_core.artefacts import StageResult
@@ -216,8 +216,8 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     runtime.configure_threads()
     out = artefacts.stage_dir(cfg.run_root, STAGE)
     out.mkdir(parents=True, exist_ok=True)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream={}) is None and not cfg.force:
+    chash, upstream = config.config_hash(cfg), config.upstream_hashes(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
         return StageResult(out, True, artefacts.read_manifest(out)["summary"])
     rhash = artefacts.hash_json(recipe(cfg))
     teacher = clip.build_clip(cfg.clip_model, None, allow_random_init=True)
@@ -256,6 +256,6 @@ def run(cfg: PretrainClipConfig) -> StageResult:
              "source": "trained" if shipped is None else "shipped",
              "shipped_record": None if shipped is None else {k: shipped[k] for k in ("summary", "command", "code")}}
     manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
-                                        config_hash=chash, upstream={}, summary=metrics, started_at=started,
+                                        config_hash=chash, upstream=upstream, summary=metrics, started_at=started,
                                         outputs=[WEIGHTS, "metrics.json", "train_log.jsonl"], extra=extra)
     return StageResult(out, False, manifest["summary"])

@@ -1,0 +1,243 @@
+"""Stage 01 `finetune_clip`: tune only CLIP's LayerNorm parameters on crops of base-category boxes.
+
+Paper step: "re-normalising CLIP" (arXiv 2303.12145 §3.2; method spec §2): every base GT box of
+the training split, cropped at r = 1.2, is classified by logit_scale * cos against text embeddings
+of the base names (recomputed each step, since text LayerNorms train too); everything else,
+``logit_scale`` included, stays frozen.
+Reads: the base CLIP (open_clip tag/file, or ``00_pretrain_clip``), train and val annotations.
+Writes: ``01_finetune_clip/{clip_ln.safetensors, text_embeds.safetensors, metrics.json,
+train_log.jsonl, manifest.json}``. Imports: config, artefacts, runtime, data, crops, clip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ezsd_core import artefacts, clip, config, crops, data, runtime
+from ezsd_core.artefacts import StageResult
+from ezsd_core.config import FinetuneClipConfig
+from ezsd_core.splits import CategorySplit
+from ezsd_core.structures import ImageRecord
+
+STAGE = "finetune_clip"
+AREA_BINS = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, float("inf"))}  # COCO
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# the science (pure)
+
+
+def classification_loss(image_embeds: Tensor, text_embeds: Tensor, labels: Tensor, logit_scale: float,
+                        kind: str) -> Tensor:
+    """Loss of classifying crops by scaled cosine similarity.
+
+    Args:
+        image_embeds: (N, D) L2-normalised crop embeddings.
+        text_embeds: (C, D) L2-normalised class embeddings.
+        labels: (N,) int64 in 0..C-1.
+        logit_scale: CLIP's fixed multiplier (100 for OpenAI CLIP).
+        kind: ``bce`` (the reference: sigmoid BCE against one-hot, mean over N x C) or ``softmax`` (CE).
+
+    Returns:
+        Scalar loss.
+    """
+    logits = logit_scale * image_embeds @ text_embeds.T
+    if kind == "bce":
+        target = nn.functional.one_hot(labels, len(text_embeds)).float()
+        return nn.functional.binary_cross_entropy_with_logits(logits, target)
+    return nn.functional.cross_entropy(logits, labels)
+
+
+def accuracy_table(pred: Tensor, labels: Tensor, novel: Tensor, areas: Tensor) -> dict[str, float]:
+    """Top-1 accuracy of crop classification, overall, base/novel and by COCO size bin.
+
+    Args:
+        pred, labels: (N,) int64 predicted / true class indices.
+        novel: (N,) bool, the true class is novel.
+        areas: (N,) box areas in px^2 of the original image.
+
+    Returns:
+        ``{"top1_all", "top1_base", "top1_novel", "top1_small", "top1_medium", "top1_large"}`` (NaN when empty).
+    """
+    hit = (pred == labels).float()
+    mean = lambda m: float(hit[m].mean()) if bool(m.any()) else float("nan")
+    out = {"top1_all": mean(torch.ones_like(novel)), "top1_base": mean(~novel), "top1_novel": mean(novel)}
+    for name, (lo, hi) in AREA_BINS.items():
+        out[f"top1_{name}"] = mean((areas >= lo) & (areas < hi))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class GTCrops(torch.utils.data.Dataset):
+    """One item per image: the crops of its GT boxes (spec §1.3) and their class indices.
+
+    Items: ``(crops (n, 3, S, S) float in [0, 1], labels (n,) int64, areas (n,) float)``.
+    """
+
+    def __init__(self, records: list[ImageRecord], label_of: dict[int, int], size: int, scale: float,
+                 min_side: float):
+        self.records = [r for r in records if len(r.gt_boxes)]
+        self.label_of, self.size, self.scale, self.min_side = label_of, size, scale, min_side
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        r = self.records[i]
+        image = torch.from_numpy(np.asarray(Image.open(r.file_name).convert("RGB")).copy()).permute(2, 0, 1)
+        x = crops.cut_crops(image, r.gt_boxes, scale=self.scale, size=self.size, min_side=self.min_side)
+        labels = torch.tensor([self.label_of[int(c)] for c in r.gt_category_ids], dtype=torch.int64)
+        wh = r.gt_boxes[:, 2:] - r.gt_boxes[:, :2]
+        return x, labels, wh[:, 0] * wh[:, 1]
+
+
+def _collate(items: list) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(torch.cat(parts) for parts in zip(*items))  # type: ignore[return-value]
+
+
+def _loader(ds: GTCrops, batch_size: int, workers: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+                                       collate_fn=_collate, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and training
+
+
+@torch.no_grad()
+def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor, novel_class: Tensor,
+             device: torch.device) -> dict[str, float]:
+    """Top-1 accuracy of val GT crops over the all-category vocabulary (``text``: (K, D))."""
+    preds, labels, areas = [], [], []
+    for x, y, a in loader:
+        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        preds.append((emb @ text.T).argmax(1).cpu())
+        labels.append(y)
+        areas.append(a)
+    y = torch.cat(labels)
+    return accuracy_table(torch.cat(preds), y, novel_class[y], torch.cat(areas))
+
+
+def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipConfig, device: torch.device
+          ) -> list[dict]:
+    """Tune the LayerNorms of ``cfg.towers`` for ``cfg.epochs``; returns the logged rows (loss per step)."""
+    n_train = clip.set_trainable_layernorms(model.model, cfg.towers)
+    log.info("training %d LayerNorm parameters of the %s tower(s)", n_train, "+".join(cfg.towers))
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # constant LR, as the reference
+    scale, rows, step, t0 = model.logit_scale, [], 0, time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    text_frozen = "text" not in cfg.towers
+    fixed_text = clip.encode_texts(model, names, cfg.prompt_templates).detach() if text_frozen else None
+    model.model.train()
+    for epoch in range(cfg.epochs):
+        for x, y, _ in tqdm(loader, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5):
+            flip = torch.rand(len(x), generator=gen) < cfg.hflip_prob
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+            text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
+            loss = classification_loss(emb, text, y.to(device), scale, cfg.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            if step % cfg.log_every == 0:
+                rows.append({"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 5),
+                             "seconds": round(time.perf_counter() - t0, 1)})
+    model.model.eval()
+    clip.set_trainable_layernorms(model.model, [])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def base_clip(cfg: FinetuneClipConfig, device: torch.device) -> tuple[clip.Clip, dict[str, str | None]]:
+    """The CLIP to tune: an open_clip model + tag/file, or the stage-00 teacher; and its record."""
+    if cfg.clip_pretrained == config.PRETRAIN_CLIP:
+        teacher = artefacts.require_complete(cfg.run_root, config.PRETRAIN_CLIP)
+        name = teacher["config"]["clip_model"]
+        weights: str | None = str(artefacts.stage_dir(cfg.run_root, config.PRETRAIN_CLIP) / "open_clip_model.safetensors")
+    else:
+        name, weights = cfg.clip_model, cfg.clip_pretrained
+    model = clip.build_clip(name, weights, allow_random_init=cfg.allow_random_init, device=device)
+    return model, {"model_name": name, "pretrained": weights}
+
+
+def _text_embeds(model: clip.Clip, split: CategorySplit, templates: tuple[str, ...]) -> dict[str, Tensor]:
+    out = {}
+    with torch.no_grad():
+        for vocab in ("base", "novel", "all", "proposal"):
+            names = split.prompt_names(vocab)
+            out[vocab] = clip.encode_texts(model, names, templates).cpu().contiguous() if names else torch.zeros(0, 0)
+            out[f"{vocab}_category_ids"] = torch.tensor(split.ids(vocab), dtype=torch.int64)
+    return out
+
+
+def run(cfg: FinetuneClipConfig) -> StageResult:
+    """Measure crop accuracy, tune the LayerNorms, measure again; write the LN params and text embeddings.
+
+    Returns:
+        StageResult whose summary holds the before/after accuracies.
+    """
+    started = artefacts.utc_now()
+    determinism = runtime.seed_everything(cfg.seed)
+    runtime.configure_threads()
+    device = runtime.resolve_device(cfg.device)
+    out = artefacts.stage_dir(cfg.run_root, STAGE)
+    upstream = config.upstream_hashes(cfg)
+    chash = config.config_hash(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
+        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    model, record = base_clip(cfg, device)
+    split, train_records = data.read_config_records(cfg, "train")
+    _, val_records = data.read_config_records(cfg, "val")
+    label = lambda vocab: {cid: k for k, cid in enumerate(split.ids(vocab))}
+    make = lambda recs, lut: GTCrops(recs, lut, model.image_size, cfg.crop_scale, cfg.min_box_side)
+    train_loader = _loader(make(train_records, label("base")), cfg.batch_size, cfg.num_workers, True, cfg.seed)
+    val_loader = _loader(make(val_records, label("all")), 16, cfg.num_workers, False, cfg.seed)
+    novel_class = torch.tensor([split.role_of(c) == "novel" for c in split.ids("all")])
+    all_names = split.prompt_names("all")
+    with torch.no_grad():
+        before = evaluate(model, val_loader, clip.encode_texts(model, all_names, cfg.prompt_templates), novel_class, device)
+    t0 = time.perf_counter()
+    rows = train(model, train_loader, split.prompt_names("base"), cfg, device)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        after = evaluate(model, val_loader, clip.encode_texts(model, all_names, cfg.prompt_templates), novel_class, device)
+    out.mkdir(parents=True, exist_ok=True)
+    tuned = {k: v.detach().cpu().contiguous() for k, v in clip.layernorm_parameters(model.model, cfg.towers).items()}
+    with artefacts.atomic_path(out / "clip_ln.safetensors") as tmp:
+        save_file(tuned, str(tmp), metadata={"clip_model": record["model_name"], "towers": ",".join(cfg.towers)})
+    with artefacts.atomic_path(out / "text_embeds.safetensors") as tmp:
+        save_file(_text_embeds(model, split, cfg.prompt_templates), str(tmp),
+                  metadata={"templates": json.dumps(list(cfg.prompt_templates)), "normalized": "true"})
+    artefacts.atomic_write_bytes(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    metrics = {**{f"before/{k}": round(v, 4) for k, v in before.items()},
+               **{f"after/{k}": round(v, 4) for k, v in after.items()},
+               "num_train_crops": sum(len(r.gt_boxes) for r in train_loader.dataset.records),
+               "num_val_crops": sum(len(r.gt_boxes) for r in val_loader.dataset.records),
+               "num_tuned_parameters": sum(v.numel() for v in tuned.values()), "train_seconds": round(seconds, 1)}
+    artefacts.atomic_write_json(out / "metrics.json", metrics)
+    manifest = artefacts.write_manifest(
+        out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
+        outputs=["clip_ln.safetensors", "text_embeds.safetensors", "metrics.json", "train_log.jsonl"],
+        summary=metrics, started_at=started, extra={"clip": record, "determinism": determinism})
+    return StageResult(out, False, manifest["summary"])
+
+

@@ -1,0 +1,228 @@
+"""Stage 02 `propose_regions`: score a dense anchor grid with the tuned CLIP and keep confident regions.
+
+Paper step: CLIP proposals (arXiv 2303.12145 §3.3; method spec §3). Every anchor of a grid on the
+resized image is cropped (r = 1.0) from the original image, scored ln C - H(softmax(logit_scale *
+cos)) over the proposal vocabulary, then one class-agnostic NMS and top-K; boxes are stored in
+original-image coordinates, sorted by score, with CLIP's argmax category and its probability.
+Reads: ``01_finetune_clip``, train annotations (image list) and val annotations (recall metrics).
+Writes: ``02_propose_regions/regions/shard-*.safetensors`` (CSR), ``metrics.json``, ``manifest.json``.
+Imports: config, artefacts, runtime, data, crops, shards, structures, clip, evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import lru_cache
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.ops import nms
+from tqdm import tqdm
+
+from ezsd_core import artefacts, clip, config, crops, data, evaluation, runtime, shards
+from ezsd_core.artefacts import StageResult
+from ezsd_core.config import ProposeRegionsConfig
+from ezsd_core.structures import ImageRecord, RegionSet
+
+STAGE = "propose_regions"
+RECALL_KS = (10, 100)
+CHUNK_IMAGES = 256  # images per resumable part of a shard
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# the science (pure)
+
+
+def resize_scale(height: int, width: int, min_side: int, max_side: int) -> float:
+    """Keep-ratio resize factor: the short side to ``min_side`` unless the long side would pass ``max_side``."""
+    return min(min_side / min(height, width), max_side / max(height, width))
+
+
+def anchor_grid(height: int, width: int, *, stride: int, sides: tuple[int, ...], ratios: tuple[float, ...]) -> Tensor:
+    """All anchors of a grid over an image (spec §3): centres at (stride*i, stride*j), i < ceil(W/stride),
+    j < ceil(H/stride); per centre one anchor per (side, ratio) with w = side/sqrt(r), h = side*sqrt(r).
+
+    Returns:
+        (ceil(H/stride) * ceil(W/stride) * len(sides) * len(ratios), 4) float32 XYXY in the image's frame,
+        not clipped (1333 x 800, stride 32, 5 sides, 3 ratios: 42 * 25 * 15 = 15,750).
+    """
+    ys = torch.arange(math.ceil(height / stride), dtype=torch.float32) * stride
+    xs = torch.arange(math.ceil(width / stride), dtype=torch.float32) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    wh = torch.tensor([[s / math.sqrt(r), s * math.sqrt(r)] for s in sides for r in ratios])
+    centres = torch.stack([cx.flatten(), cy.flatten()], 1)[:, None, :]
+    return torch.cat([centres - wh / 2, centres + wh / 2], -1).reshape(-1, 4)
+
+
+@lru_cache(maxsize=64)
+def candidate_boxes(height: int, width: int, cfg_key: tuple) -> Tensor:
+    """The anchors of an original image of this size, in its coordinates: built on the resized image,
+    clipped to it, mapped back (/ scale), without degenerate boxes or exact duplicates. (A, 4) float32."""
+    min_side, max_side, stride, sides, ratios = cfg_key
+    s = resize_scale(height, width, min_side, max_side)
+    rh, rw = round(height * s), round(width * s)
+    boxes = anchor_grid(rh, rw, stride=stride, sides=sides, ratios=ratios)
+    boxes = torch.stack([boxes[:, 0].clamp(0, rw), boxes[:, 1].clamp(0, rh), boxes[:, 2].clamp(0, rw),
+                         boxes[:, 3].clamp(0, rh)], 1) / s
+    boxes = boxes[((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)]
+    return torch.unique(boxes, dim=0)  # duplicates would get identical scores and fall to NMS anyway
+
+
+def entropy_scores(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Selection score ln C - H(p) with p = softmax(logits) over C names (spec §3: zeros -> 1e-5 in the log).
+
+    Args:
+        logits: (N, C).
+
+    Returns:
+        scores (N,) float32 (high = confident), argmax (N,) int64, max probability (N,) float32.
+    """
+    p = logits.float().softmax(-1)
+    entropy = -(p * p.clamp(min=1e-5).log()).sum(-1)
+    prob, arg = p.max(-1)
+    return math.log(logits.shape[-1]) - entropy, arg, prob
+
+
+def select_regions(boxes: Tensor, scores: Tensor, *, nms_iou: float, max_regions: int) -> Tensor:
+    """Class-agnostic NMS then top-K: (K,) int64 indices into ``boxes``, by descending score."""
+    keep = nms(boxes.float(), scores.float(), nms_iou)  # nms returns indices sorted by score
+    return keep[:max_regions]
+
+
+@torch.no_grad()
+def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, category_ids: Tensor, boxes: Tensor, *,
+                      crop_scale: float, nms_iou: float, max_regions: int, crops_per_batch: int,
+                      image_id: int = -1) -> RegionSet:
+    """Score candidate boxes of one image and keep the confident ones.
+
+    Args:
+        image: (3, H, W) uint8 RGB.
+        model: the tuned CLIP; text_embeds: (C, D) unit rows of the proposal vocabulary.
+        category_ids: (C,) dataset ids of that vocabulary.
+        boxes: (A, 4) XYXY absolute candidate boxes.
+        crop_scale: r; nms_iou, max_regions: selection; crops_per_batch: CLIP batch size.
+
+    Returns:
+        RegionSet with M <= max_regions rows sorted by score (no embeddings).
+    """
+    device = text_embeds.device
+    logits = []
+    for start in range(0, len(boxes), crops_per_batch):
+        x = crops.cut_crops(image, boxes[start:start + crops_per_batch], scale=crop_scale, size=model.image_size)
+        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        logits.append((model.logit_scale * emb @ text_embeds.T).cpu())
+    scores, arg, prob = entropy_scores(torch.cat(logits) if logits else torch.zeros(0, len(category_ids)))
+    keep = select_regions(boxes, scores, nms_iou=nms_iou, max_regions=max_regions)
+    return RegionSet(image_id=image_id, region_boxes=boxes[keep].float(), region_scores=scores[keep].float(),
+                     region_category_ids=category_ids[arg[keep]], region_probs=prob[keep].float())
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Decodes images in DataLoader workers: item i -> (i, (3, H, W) uint8)."""
+
+    def __init__(self, records: list[ImageRecord]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor]:
+        pixels = np.asarray(Image.open(self.records[i].file_name).convert("RGB")).copy()
+        return i, torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def work_items(cfg: ProposeRegionsConfig) -> list[tuple[ImageRecord, bool]]:
+    """Every training image, then the first ``num_recall_images`` val images (for recall only); (record, is_val)."""
+    _, train = data.read_config_records(cfg, "train")
+    _, val = data.read_config_records(cfg, "val")
+    return [(r, False) for r in train] + [(r, True) for r in val[: cfg.num_recall_images]]
+
+
+def _anchor_key(cfg: ProposeRegionsConfig) -> tuple:
+    return (cfg.resize_min_side, cfg.resize_max_side, cfg.anchor_stride, cfg.anchor_sides, cfg.anchor_ratios)
+
+
+def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text: Tensor, ids: Tensor,
+                   cfg: ProposeRegionsConfig, bar: tqdm) -> tuple[list[int], dict, dict]:
+    loader = torch.utils.data.DataLoader(DecodedImages([r for r, _ in items]), batch_size=None,
+                                         num_workers=cfg.num_workers)
+    rows = []
+    for i, image in loader:
+        boxes = candidate_boxes(image.shape[1], image.shape[2], _anchor_key(cfg))
+        rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale, nms_iou=cfg.nms_iou,
+                               max_regions=cfg.max_regions, crops_per_batch=cfg.crops_per_batch)
+        rows.append(shards.region_rows(rs))
+        bar.update(1)
+        bar.crops += len(boxes)
+        bar.set_postfix(crops_per_s=f"{bar.crops / max(time.perf_counter() - bar.t0, 1e-9):.0f}", refresh=False)
+    is_val = torch.tensor([v for _, v in items], dtype=torch.bool)
+    return [r.image_id for r, _ in items], {"region": rows}, {"image_is_val": is_val}
+
+
+def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, upstream: dict, started: str
+                         ) -> StageResult:
+    """When every shard is current: recall metrics on the val images, then the manifest. Idempotent."""
+    paths = [out / cfg.SHARD_DIR / artefacts.shard_name(i, cfg.num_shards) for i in range(cfg.num_shards)]
+    done = [shards.is_current(p, key) for p in paths]
+    if not all(done):
+        return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
+    regions, per_image, seconds, crops_done = {}, [], 0.0, 0
+    for p in paths:
+        shard = shards.RaggedShard(p)
+        seconds += float(shard.metadata.get("seconds", 0))
+        crops_done += int(shard.metadata.get("num_crops", 0))
+        for i in range(len(shard)):
+            rs = shard.region_set(i)
+            (regions.__setitem__(rs.image_id, rs) if shard.image_fields["image_is_val"][i] else
+             per_image.append(len(rs.region_boxes)))
+    split, val = data.read_config_records(cfg, "val")
+    val = [r for r in val if r.image_id in regions]
+    metrics = evaluation.region_recall(val, [regions[r.image_id] for r in val], split,
+                                       ks=sorted({k for k in RECALL_KS if k < cfg.max_regions} | {cfg.max_regions}))
+    metrics.update({"num_train_images": len(per_image), "num_recall_images": len(val),
+                    "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
+                    "crops_per_second": crops_done / seconds if seconds else float("nan")})
+    artefacts.atomic_write_json(out / "metrics.json", metrics)
+    manifest = artefacts.write_manifest(
+        out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
+        outputs=[str(p.relative_to(out)) for p in paths] + ["metrics.json"], summary=metrics, started_at=started)
+    return StageResult(out, False, manifest["summary"])
+
+
+def run(cfg: ProposeRegionsConfig) -> StageResult:
+    """Propose regions for this shard's images (resuming finished parts); finalise when all shards exist."""
+    started = artefacts.utc_now()
+    runtime.seed_everything(cfg.seed)
+    runtime.configure_threads()
+    device = runtime.resolve_device(cfg.device)
+    out = artefacts.stage_dir(cfg.run_root, STAGE)
+    upstream = config.upstream_hashes(cfg)
+    chash = config.config_hash(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
+        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    key = artefacts.shard_key(chash, upstream)
+    path = out / cfg.SHARD_DIR / artefacts.shard_name(cfg.shard_index, cfg.num_shards)
+    if cfg.force or not shards.is_current(path, key):
+        if cfg.force:
+            shards.discard_parts(path)
+        model, text = clip.load_tuned(artefacts.stage_dir(cfg.run_root, "finetune_clip"), device)
+        emb, ids = text["proposal"].to(device), text["proposal_category_ids"]
+        items = work_items(cfg)[cfg.shard_index::cfg.num_shards]
+        bar = tqdm(total=len(items), desc=f"propose_regions shard {cfg.shard_index + 1}/{cfg.num_shards}",
+                   unit="img", mininterval=5)
+        bar.t0, bar.crops = time.perf_counter(), 0
+        work = lambda chunk: _propose_chunk(chunk, model, emb, ids, cfg, bar)
+        shards.build_in_parts(path, key, items, work, chunk=CHUNK_IMAGES, metadata=lambda: {
+            "split": cfg.split, "stage": STAGE, "seconds": f"{time.perf_counter() - bar.t0:.3f}",
+            "num_crops": str(bar.crops)})
+        bar.close()
+    return finalize_if_complete(cfg, out, key, chash, upstream, started)
