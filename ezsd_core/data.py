@@ -19,7 +19,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ezsd_core.config import CommonConfig
 from ezsd_core.splits import CategorySplit, split_from_categories, split_style
@@ -84,7 +86,8 @@ def _rle(api: _Api, ann: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *, subset: str,
-                 with_masks: bool = False) -> tuple[CategorySplit, list[ImageRecord]]:
+                 with_masks: bool = False, vocab: str | None = None, keep_empty: bool | None = None
+                 ) -> tuple[CategorySplit, list[ImageRecord]]:
     """Read one annotation file of a split.
 
     Args:
@@ -95,6 +98,9 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
         subset: ``train`` keeps base annotations only and drops images without one;
             ``val`` keeps base + novel annotations of every image (images without boxes included).
         with_masks: also return each instance's mask as a COCO RLE dict.
+        vocab: override the categories kept (``base`` for train, ``all`` for val). Anything but ``base``
+            on ``train`` reads novel training annotations: only ``iou_filter_gt: all`` does, on purpose.
+        keep_empty: keep images without a kept box (default: only for ``val``).
 
     Returns:
         The split and the records, in ascending image id; ``gt_boxes`` (N, 4) float32 XYXY absolute.
@@ -107,11 +113,12 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
     ann_file, image_dir = Path(ann_file), Path(image_dir)
     api = _Api(ann_file, split_style(split_name))
     split = split_from_categories(split_name, api.categories)
-    vocab = set(split.ids("base" if subset == "train" else "all"))
+    kept = set(split.ids(vocab or ("base" if subset == "train" else "all")))
+    keep_empty = subset == "val" if keep_empty is None else keep_empty
     records = []
     for img in sorted(api.images, key=lambda i: i["id"]):
-        anns = [a for a in api.anns_of(img["id"]) if _keep(a, vocab)]
-        if subset == "train" and not anns:
+        anns = [a for a in api.anns_of(img["id"]) if _keep(a, kept)]
+        if not anns and not keep_empty:
             continue
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         records.append(ImageRecord(
@@ -119,18 +126,40 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
             height=int(img["height"]), width=int(img["width"]), gt_boxes=xywh_to_xyxy(boxes),
             gt_category_ids=torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
             gt_masks=[_rle(api, a) for a in anns] if with_masks else None,
-            neg_category_ids=tuple(sorted(c for c in img.get("neg_category_ids", []) if c in vocab)),
+            neg_category_ids=tuple(sorted(c for c in img.get("neg_category_ids", []) if c in kept)),
             not_exhaustive_category_ids=tuple(
-                sorted(c for c in img.get("not_exhaustive_category_ids", []) if c in vocab))))
+                sorted(c for c in img.get("not_exhaustive_category_ids", []) if c in kept))))
     log.info("%s %s: %d images, %d boxes", split_name, subset, len(records),
              sum(len(r.gt_boxes) for r in records))
     return split, records
 
 
-def read_config_records(cfg: CommonConfig, subset: str, *, with_masks: bool = False
-                        ) -> tuple[CategorySplit, list[ImageRecord]]:
-    """``read_records`` with the paths of a stage config (relative to ``cfg.data_root``)."""
+def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[CategorySplit, list[ImageRecord]]:
+    """``read_records`` with the paths of a stage config (relative to ``cfg.data_root``); options pass on."""
     ann = cfg.train_annotations if subset == "train" else cfg.val_annotations
     images = cfg.train_images if subset == "train" else cfg.val_images
-    return read_records(cfg.data_root / ann, cfg.data_root / images, cfg.split, subset=subset,
-                        with_masks=with_masks)
+    return read_records(cfg.data_root / ann, cfg.data_root / images, cfg.split, subset=subset, **options)
+
+
+def read_image(path: Path | str) -> torch.Tensor:
+    """Decode an image file to a (3, H, W) uint8 RGB tensor."""
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+class DecodedImages(torch.utils.data.Dataset):
+    """Images decoded in DataLoader workers: item i -> (i, (3, H, W) uint8) of ``records[i]``."""
+
+    def __init__(self, records: list[ImageRecord]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, read_image(self.records[i].file_name)
+
+
+def image_loader(records: list[ImageRecord], num_workers: int) -> torch.utils.data.DataLoader:
+    """Yields ``(i, image)`` for each record in order, decoding ahead in ``num_workers`` processes."""
+    return torch.utils.data.DataLoader(DecodedImages(records), batch_size=None, num_workers=num_workers)

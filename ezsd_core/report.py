@@ -56,7 +56,7 @@ def run_summary(params_path: Path | str) -> str:
         status = manifest["status"] if manifest else "not run"
         source = f" ({manifest['source']})" if manifest and manifest.get("source") else ""
         lines.append(f"  {artefacts.stage_dirname(stage):<22} {status}{source}")
-        for key, value in read_metrics(folder).items():
+        for key, value in (read_metrics(folder) or (manifest or {}).get("summary", {})).items():
             lines.append(f"      {key:<34} {value:.4f}" if isinstance(value, float) else f"      {key:<34} {value}")
     return "\n".join(lines)
 
@@ -135,5 +135,38 @@ def regions_on_images(stage_path: Path | str, num_images: int = 4, top: int = 10
             ax.text(x1, y1, split.name_of(cid), color="red", fontsize=5)
         ax.set_title(f"image {rs.image_id}: top {top} regions", fontsize=8)
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def features_summary(stage_path: Path | str, top_categories: int = 15):
+    """Stage 03: regions per image, distillation weights, and CLIP's categories of the kept regions."""
+    import collections
+
+    import matplotlib.pyplot as plt
+
+    from ezsd_core import shards
+
+    stage_path = Path(stage_path)
+    manifest = artefacts.read_manifest(stage_path)
+    if manifest is None:
+        print("the stage is not complete yet (other shards still running): figures appear once it is")
+        return None
+    counts, weights, cats = [], [], collections.Counter()
+    for p in sorted((stage_path / config.ExtractFeaturesConfig.SHARD_DIR).glob("shard-*.safetensors")):
+        shard = shards.RaggedShard(p)
+        counts += shard.row_counts("region").tolist()
+        for i in range(len(shard)):
+            rows = shard.rows(i, "region")
+            weights += rows["region_probs"].tolist()
+            cats.update(rows["region_category_ids"].tolist())
+    fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
+    axes[0].hist(counts, bins=30)
+    axes[0].set_title("regions per image", fontsize=9)
+    axes[1].hist(weights, bins=30, range=(0, 1))
+    axes[1].set_title("distillation weight (CLIP max prob.)", fontsize=9)
+    common = cats.most_common(top_categories)
+    axes[2].barh([str(c) for c, _ in common][::-1], [n for _, n in common][::-1])
+    axes[2].set_title("CLIP category id of kept regions", fontsize=9)
     fig.tight_layout()
     return fig

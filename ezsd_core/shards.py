@@ -97,6 +97,10 @@ class RaggedShard:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def row_counts(self, group: str) -> Tensor:
+        """(I,) int64 number of rows of each image in ``group``."""
+        return self._offsets[group].diff()
+
     def rows(self, i: int, group: str) -> dict[str, Tensor]:
         """The rows of image ``i`` (position in this shard) in ``group``: ``{key: (n_i, ...) tensor}``."""
         a, b = self._offsets[group][i].item(), self._offsets[group][i + 1].item()

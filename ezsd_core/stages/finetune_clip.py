@@ -15,9 +15,7 @@ import json
 import logging
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -97,8 +95,7 @@ class GTCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
         r = self.records[i]
-        image = torch.from_numpy(np.asarray(Image.open(r.file_name).convert("RGB")).copy()).permute(2, 0, 1)
-        x = crops.cut_crops(image, r.gt_boxes, scale=self.scale, size=self.size, min_side=self.min_side)
+        x = crops.cut_crops(data.read_image(r.file_name), r.gt_boxes, scale=self.scale, size=self.size, min_side=self.min_side)
         labels = torch.tensor([self.label_of[int(c)] for c in r.gt_category_ids], dtype=torch.int64)
         wh = r.gt_boxes[:, 2:] - r.gt_boxes[:, :2]
         return x, labels, wh[:, 0] * wh[:, 1]

@@ -99,8 +99,7 @@ def scene_crops(cfg: PretrainClipConfig, size: int) -> tuple[Tensor, Tensor, lis
     split, records = data.read_config_records(cfg, "val")
     out, ids = [], []
     for r in records:
-        image = torch.from_numpy(np.asarray(Image.open(r.file_name).convert("RGB")).copy()).permute(2, 0, 1)
-        out.append(crops.cut_crops(image, r.gt_boxes, scale=1.2, size=size))
+        out.append(crops.cut_crops(data.read_image(r.file_name), r.gt_boxes, scale=1.2, size=size))
         ids.append(r.gt_category_ids)
     return torch.cat(out), torch.cat(ids), split
 

@@ -18,7 +18,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor, nn
 from torchvision.ops import nms
 from tqdm import tqdm
@@ -126,20 +125,6 @@ def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, cate
 # the stage
 
 
-class DecodedImages(torch.utils.data.Dataset):
-    """Decodes images in DataLoader workers: item i -> (i, (3, H, W) uint8)."""
-
-    def __init__(self, records: list[ImageRecord]):
-        self.records = records
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple[int, Tensor]:
-        pixels = np.asarray(Image.open(self.records[i].file_name).convert("RGB")).copy()
-        return i, torch.from_numpy(pixels).permute(2, 0, 1)
-
-
 def work_items(cfg: ProposeRegionsConfig) -> list[tuple[ImageRecord, bool]]:
     """Every training image, then the first ``num_recall_images`` val images (for recall only); (record, is_val)."""
     _, train = data.read_config_records(cfg, "train")
@@ -153,10 +138,8 @@ def _anchor_key(cfg: ProposeRegionsConfig) -> tuple:
 
 def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text: Tensor, ids: Tensor,
                    cfg: ProposeRegionsConfig, bar: tqdm) -> tuple[list[int], dict, dict]:
-    loader = torch.utils.data.DataLoader(DecodedImages([r for r, _ in items]), batch_size=None,
-                                         num_workers=cfg.num_workers)
     rows = []
-    for i, image in loader:
+    for i, image in data.image_loader([r for r, _ in items], cfg.num_workers):
         boxes = candidate_boxes(image.shape[1], image.shape[2], _anchor_key(cfg))
         rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale, nms_iou=cfg.nms_iou,
                                max_regions=cfg.max_regions, crops_per_batch=cfg.crops_per_batch)
