@@ -164,7 +164,7 @@ def sha256_file(path: Path | str) -> str:
 
 def utc_now() -> str:
     """ISO-8601 UTC timestamp, seconds precision."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def code_version() -> dict[str, Any]:

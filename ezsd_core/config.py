@@ -82,8 +82,9 @@ class PretrainClipConfig(CommonConfig):
     text_lr: float = knob(lo=0.0)  # the text tower needs a larger step to leave the symmetric start
     weight_decay: float = knob(lo=0.0)
     warmup_steps: int = knob(lo=0)
-    logit_scale_init: float = knob(lo=1.0, hi=100.0)  # initial exp(logit_scale); CLIP uses 1/0.07
-    token_init_std: float = knob(lo=0.0)  # re-init std of the token embedding; 0 keeps open_clip's 0.02
+    logit_scale_init: float = knob(lo=0.01, hi=100.0)  # initial exp(logit_scale); 1.0, not CLIP's 1/0.07 (README)
+    logit_scale_lr: float = knob(lo=0.0)  # the scale must grow fast once embeddings spread
+    augment_prob: float = knob(lo=0.0, hi=1.0)  # share of iconic images given crop-like zoom / aspect / noise
     log_every: int = knob(lo=1, default=50)  # steps between loss/accuracy log rows
 
 

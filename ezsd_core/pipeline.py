@@ -68,8 +68,8 @@ def _pending_shards(cfg: CommonConfig, stage: str, upstream: dict[str, str], exp
         return [cfg.shard_index]
     key = artefacts.shard_key(config.config_hash(cfg), upstream)
     folder = artefacts.stage_dir(cfg.run_root, stage) / type(cfg).SHARD_DIR
-    return [i for i in range(cfg.num_shards)
-            if (artefacts.safetensors_metadata(folder / artefacts.shard_name(i, cfg.num_shards)) or {}).get("key") != key]
+    header = lambda i: artefacts.safetensors_metadata(folder / artefacts.shard_name(i, cfg.num_shards)) or {}
+    return [i for i in range(cfg.num_shards) if header(i).get("key") != key]
 
 
 def execute(cfg: CommonConfig, stage: str, shard_index: int, *, verbose: bool = False) -> Path:

@@ -11,12 +11,13 @@ Layer 1: torch, safetensors; imports artefacts, structures.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor
 
 from ezsd_core import artefacts
@@ -58,8 +59,20 @@ def write_shard(path: Path | str, image_ids: Sequence[int], groups: Mapping[str,
         for key in per_image[0] if per_image else ():
             tensors[key] = torch.cat([rows[key] for rows in per_image]).contiguous()
     meta = {"schema_version": SCHEMA_VERSION, "box_format": "xyxy_abs", **{k: str(v) for k, v in metadata.items()}}
-    with artefacts.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_tensors(path, tensors, meta)
+
+
+def save_tensors(path: Path | str, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file atomically with a canonical header, so equal tensors give equal bytes.
+
+    safetensors serialises its metadata in hash-map order, which varies between runs; the header JSON
+    is rewritten with sorted keys (same offsets, space padding to 8 bytes as the format requires).
+    """
+    raw = save({k: v.contiguous() for k, v in tensors.items()}, metadata=dict(metadata) if metadata else None)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    artefacts.atomic_write_bytes(path, len(header).to_bytes(8, "little") + header + raw[8 + n:])
 
 
 def read_header(path: Path | str) -> dict[str, str]:

@@ -34,7 +34,7 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 2  # 2: val image ids offset by VAL_ID_OFFSET
+SCHEMA_VERSION = 3  # 2: val image ids offset by VAL_ID_OFFSET; 3: varied iconic backgrounds
 VAL_ID_OFFSET = 1_000_000
 SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: smooth edges, exact 0.5-coverage masks
 COLOR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
@@ -42,7 +42,7 @@ CAPTION_TEMPLATES = (
     "a photo of a {name}",
     "a {color} {name}",
     "a picture of a {color} {name}",
-    "a {name} on a plain background",
+    "a {name} on its own",
     "a drawing of a {name}",
     "a {size} {name}",
     "the {name}",
@@ -234,24 +234,49 @@ def render_scene(seed: int, size: int, category_weights: np.ndarray, max_objects
     return _degrade(rng, img), objects
 
 
+def _plain_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """(size, size, 3) float iconic background: light, coloured, softly noisy or a gradient; never cluttered."""
+    kind = rng.choice(["light", "colour", "noise", "gradient"], p=[0.4, 0.3, 0.2, 0.1])
+    if kind == "light":
+        return np.full((size, size, 3), rng.uniform(200, 255), np.float32) + rng.uniform(-15, 15, 3)
+    c1 = np.array(_random_color(rng)[0], np.float32) * rng.uniform(0.3, 1.0)
+    if kind == "colour":
+        return np.broadcast_to(c1, (size, size, 3)).copy()
+    c2 = c1 * rng.uniform(0.6, 1.4)
+    t = _smooth_noise(rng, size, 4) if kind == "noise" else np.linspace(0, 1, size, dtype=np.float32)[None, :] * \
+        np.ones((size, 1), np.float32)
+    return c1 * (1 - t[..., None]) + c2 * t[..., None]
+
+
 def render_iconic(seed: int, size: int, category_index: int) -> tuple[Image.Image, str]:
-    """One iconic image: a large, centred, solid-coloured object on a plain light background.
+    """One iconic image: a large, centred object alone on an uncluttered background.
+
+    Colour, fill texture, rotation and background vary; clutter, occlusion, small sizes and sensor
+    noise are left to the scenes (the domain gap).
 
     Returns:
         The RGB image (size x size) and its caption (one of CAPTION_TEMPLATES).
     """
     rng = np.random.default_rng(seed)
-    bg = np.full((size, size, 3), rng.uniform(200, 255), np.float32) + rng.uniform(-15, 15, 3)
+    img = _plain_background(rng, size)
     color, word = _random_color(rng)
-    scale = rng.uniform(0.28, 0.42)
-    c = size / 2 + rng.uniform(-0.05, 0.05, 2) * size
+    for _ in range(8):  # iconic objects stand out from their background
+        if np.linalg.norm(np.array(color, np.float32) - img.mean((0, 1))) > 90:
+            break
+        color, word = _random_color(rng)
+    scale = rng.uniform(0.24, 0.42)
+    c = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
     mask = _object_mask(CATEGORY_NAMES[category_index], c[0], c[1], size * scale,
                         rng.uniform(0, 2 * math.pi), rng.uniform(0.9, 1.1), size)
-    bg[mask] = color
+    fill = _texture(rng, size, color, rng.choice(["solid", "solid", "solid", "stripes", "dots", "gradient"]))
+    img[mask] = fill[mask]
+    pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+    if rng.random() < 0.2:
+        pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
     template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))]
     caption = template.format(name=CATEGORY_NAMES[category_index], color=word,
                               size="large" if scale > 0.36 else "small")
-    return Image.fromarray(bg.clip(0, 255).astype(np.uint8)), caption
+    return pil, caption
 
 
 # ---------------------------------------------------------------------------------------------

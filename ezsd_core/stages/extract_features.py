@@ -15,7 +15,6 @@ Imports: config, artefacts, runtime, data, crops, shards, structures, clip.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -180,10 +179,9 @@ def run(cfg: ExtractFeaturesConfig) -> StageResult:
         items = records[cfg.shard_index::cfg.num_shards]
         bar = tqdm(total=len(items), desc=f"extract_features shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)
-        bar.kept, t0 = 0, time.perf_counter()
+        bar.kept = 0
         shards.build_in_parts(path, key, items, lambda chunk: _extract_chunk(chunk, ctx, cfg, bar),
-                              chunk=CHUNK_IMAGES, metadata=lambda: {"split": cfg.split, "stage": STAGE,
-                                                                    "seconds": f"{time.perf_counter() - t0:.3f}"})
+                              chunk=CHUNK_IMAGES, metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
     return finalize_if_complete(cfg, out, key, chash, upstream, started)
 

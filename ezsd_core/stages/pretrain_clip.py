@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, runtime
+from ezsd_core import artefacts, clip, config, crops, data, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import PretrainClipConfig
 
@@ -108,14 +107,40 @@ def scene_crops(cfg: PretrainClipConfig, size: int) -> tuple[Tensor, Tensor, lis
 # training
 
 
+def crop_like(images: Tensor, gen: torch.Generator, prob: float) -> Tensor:
+    """Make a share ``prob`` of iconic images look like detection crops (float 0..255 out).
+
+    Random zoom-in (1-1.5x), anisotropic aspect (0.6-1.6, the zero-padded bands of non-square boxes
+    appear as black borders) and shift, then pixel noise. Clutter, occlusion and small objects stay
+    scene-only: that remaining gap is what stage 01 closes.
+
+    Args:
+        images: (B, 3, S, S) uint8.
+    """
+    x = images.float()
+    b = len(x)
+    r = lambda *shape: torch.rand(*shape, generator=gen)
+    zoom = 1.0 + 0.5 * r(b)
+    aspect = torch.exp((r(b) - 0.5) * 2 * math.log(1.6))
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = aspect.sqrt() / zoom, 1 / (aspect.sqrt() * zoom)
+    theta[:, :, 2] = (r(b, 2) - 0.5) * 0.2
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    warped = nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    warped = warped + torch.randn(warped.shape, generator=gen) * r(b, 1, 1, 1) * 12
+    on = (r(b) < prob)[:, None, None, None]
+    return torch.where(on, warped.clamp(0, 255), x)
+
+
 def _param_groups(model: nn.Module, cfg: PretrainClipConfig) -> list[dict]:
-    groups: dict[tuple[bool, bool], list] = {}
+    groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
-        text = not name.startswith("visual.") and name != "logit_scale"
-        no_decay = p.ndim < 2 or "embedding" in name or name == "logit_scale"
-        groups.setdefault((text, no_decay), []).append(p)
-    return [{"params": ps, "base_lr": cfg.text_lr if text else cfg.lr, "weight_decay": 0.0 if nd else cfg.weight_decay}
-            for (text, nd), ps in groups.items()]
+        tower = "scale" if name == "logit_scale" else "image" if name.startswith("visual.") else "text"
+        no_decay = p.ndim < 2 or "embedding" in name
+        groups.setdefault((tower, no_decay), []).append(p)
+    lr = {"image": cfg.lr, "text": cfg.text_lr, "scale": cfg.logit_scale_lr}
+    return [{"params": ps, "base_lr": lr[tower], "weight_decay": 0.0 if nd else cfg.weight_decay}
+            for (tower, nd), ps in groups.items()]
 
 
 def _lr_factor(step: int, cfg: PretrainClipConfig) -> float:
@@ -138,9 +163,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         The logged rows.
     """
     model = teacher.model.train().requires_grad_(True)
-    if cfg.token_init_std > 0:  # a wide token embedding breaks the near-constant start of the text tower
-        nn.init.normal_(model.token_embedding.weight, std=cfg.token_init_std)
-    with torch.no_grad():
+    with torch.no_grad():  # at CLIP's 1/0.07 the fastest first move is to collapse all embeddings (README)
         model.logit_scale.fill_(math.log(cfg.logit_scale_init))
     distinct = sorted(set(captions))
     tokens = teacher.tokenizer(distinct)
@@ -149,21 +172,22 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     caption_class[caption_of] = classes
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     gen = torch.Generator().manual_seed(cfg.seed)
-    rows, t0 = [], time.perf_counter()
+    rows = []
     for step in tqdm(range(cfg.num_steps), desc="pretrain_clip", unit="step", mininterval=5):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        x = crops.normalize(images[idx].float() / 255.0)
+        x = crops.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
         batch_captions = torch.unique(caption_of[idx])
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
         img = nn.functional.normalize(model.encode_image(x), dim=-1)
         txt = nn.functional.normalize(model.encode_text(tokens[batch_captions]), dim=-1)
-        loss = contrastive_loss(img, txt, classes[idx], caption_class[batch_captions], model.logit_scale.exp().clamp(max=100))
+        scale = model.logit_scale.exp().clamp(max=100)
+        loss = contrastive_loss(img, txt, classes[idx], caption_class[batch_captions], scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.num_steps:
-            row = {"step": step + 1, "loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - t0, 1)}
+            row = {"step": step + 1, "loss": round(loss.item(), 4)}
             model.eval()
             row.update(evaluate())
             model.train()
@@ -243,18 +267,18 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     if shipped is None:
         images, classes, captions = load_iconic(cfg.data_root, "train", teacher.image_size)
         train(teacher, images, classes, captions, cfg, evaluate, out / "train_log.jsonl")
-        with artefacts.atomic_path(out / WEIGHTS) as tmp:
-            save_file({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, str(tmp))
+        shards.save_tensors(out / WEIGHTS, teacher.model.state_dict())
     else:
         teacher = clip.build_clip(cfg.clip_model, str(out / WEIGHTS))
         artefacts.atomic_write_bytes(out / "train_log.jsonl", (shipped_teacher() / "train_log.jsonl").read_bytes())
-    metrics = {**evaluate(), "train_seconds": round(time.perf_counter() - t0, 1), "num_scene_crops": len(crop_y),
-               "num_iconic_heldout": len(held_y)}
-    artefacts.atomic_write_json(out / "metrics.json", metrics)
+    seconds = round(time.perf_counter() - t0, 1)
+    metrics = {**evaluate(), "num_scene_crops": len(crop_y), "num_iconic_heldout": len(held_y)}
+    artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
     extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
              "source": "trained" if shipped is None else "shipped",
              "shipped_record": None if shipped is None else {k: shipped[k] for k in ("summary", "command", "code")}}
     manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
-                                        config_hash=chash, upstream=upstream, summary=metrics, started_at=started,
+                                        config_hash=chash, upstream=upstream, started_at=started,
+                                        summary={**metrics, "train_seconds": seconds},
                                         outputs=[WEIGHTS, "metrics.json", "train_log.jsonl"], extra=extra)
     return StageResult(out, False, manifest["summary"])

@@ -11,6 +11,7 @@ Imports: config, artefacts, runtime, data, crops, shards, structures, clip, eval
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -66,8 +67,9 @@ def candidate_boxes(height: int, width: int, cfg_key: tuple) -> Tensor:
     s = resize_scale(height, width, min_side, max_side)
     rh, rw = round(height * s), round(width * s)
     boxes = anchor_grid(rh, rw, stride=stride, sides=sides, ratios=ratios)
-    boxes = torch.stack([boxes[:, 0].clamp(0, rw), boxes[:, 1].clamp(0, rh), boxes[:, 2].clamp(0, rw),
-                         boxes[:, 3].clamp(0, rh)], 1) / s
+    boxes = boxes / s  # back to original pixels, then clipped there (the resized size was rounded)
+    boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width),
+                         boxes[:, 3].clamp(0, height)], 1)
     boxes = boxes[((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)]
     return torch.unique(boxes, dim=0)  # duplicates would get identical scores and fall to NMS anyway
 
@@ -139,7 +141,7 @@ def _anchor_key(cfg: ProposeRegionsConfig) -> tuple:
 def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text: Tensor, ids: Tensor,
                    cfg: ProposeRegionsConfig, bar: tqdm) -> tuple[list[int], dict, dict]:
     rows = []
-    for i, image in data.image_loader([r for r, _ in items], cfg.num_workers):
+    for _, image in data.image_loader([r for r, _ in items], cfg.num_workers):
         boxes = candidate_boxes(image.shape[1], image.shape[2], _anchor_key(cfg))
         rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale, nms_iou=cfg.nms_iou,
                                max_regions=cfg.max_regions, crops_per_batch=cfg.crops_per_batch)
@@ -161,8 +163,10 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     regions, per_image, seconds, crops_done = {}, [], 0.0, 0
     for p in paths:
         shard = shards.RaggedShard(p)
-        seconds += float(shard.metadata.get("seconds", 0))
-        crops_done += int(shard.metadata.get("num_crops", 0))
+        timing = p.with_suffix(".timing.json")
+        if timing.exists():  # absent for shards finished before a restart that resumed only others
+            t = json.loads(timing.read_text())
+            seconds, crops_done = seconds + t["seconds"], crops_done + t["num_crops"]
         for i in range(len(shard)):
             rs = shard.region_set(i)
             (regions.__setitem__(rs.image_id, rs) if shard.image_fields["image_is_val"][i] else
@@ -172,12 +176,13 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     metrics = evaluation.region_recall(val, [regions[r.image_id] for r in val], split,
                                        ks=sorted({k for k in RECALL_KS if k < cfg.max_regions} | {cfg.max_regions}))
     metrics.update({"num_train_images": len(per_image), "num_recall_images": len(val),
-                    "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
-                    "crops_per_second": crops_done / seconds if seconds else float("nan")})
-    artefacts.atomic_write_json(out / "metrics.json", metrics)
+                    "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0})
+    artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; throughput goes to the summary
+    speed = {"crops_per_second": round(crops_done / seconds, 1) if seconds else None}
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
-        outputs=[str(p.relative_to(out)) for p in paths] + ["metrics.json"], summary=metrics, started_at=started)
+        outputs=[str(p.relative_to(out)) for p in paths] + ["metrics.json"], summary={**metrics, **speed},
+        started_at=started)
     return StageResult(out, False, manifest["summary"])
 
 
@@ -204,8 +209,10 @@ def run(cfg: ProposeRegionsConfig) -> StageResult:
                    unit="img", mininterval=5)
         bar.t0, bar.crops = time.perf_counter(), 0
         work = lambda chunk: _propose_chunk(chunk, model, emb, ids, cfg, bar)
-        shards.build_in_parts(path, key, items, work, chunk=CHUNK_IMAGES, metadata=lambda: {
-            "split": cfg.split, "stage": STAGE, "seconds": f"{time.perf_counter() - bar.t0:.3f}",
-            "num_crops": str(bar.crops)})
+        shards.build_in_parts(path, key, items, work, chunk=CHUNK_IMAGES,
+                              metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
+        # timing stays out of the shard (whose bytes must depend on its content only)
+        artefacts.atomic_write_json(path.with_suffix(".timing.json"), {
+            "seconds": time.perf_counter() - bar.t0, "num_crops": bar.crops, "num_images": bar.n})
     return finalize_if_complete(cfg, out, key, chash, upstream, started)

@@ -72,7 +72,7 @@ def test_module_imports_only_allowed_layers(module: str, path: Path) -> None:
         if internal is None:
             continue
         if internal.startswith("stages."):
-            assert False, f"{module} imports another stage ({full}); stages talk through artefacts only"
+            raise AssertionError(f"{module} imports another stage ({full}); stages talk through artefacts only")
         assert internal in allowed, f"{module} may not import {internal} (allowed: {sorted(allowed)})"
     third_party = {n.split(".")[0]: top for n, top in _imports(path)}
     if module in LAYER0 or module == "pipeline":

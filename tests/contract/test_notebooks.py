@@ -55,5 +55,5 @@ def test_notebook_is_thin(path: Path) -> None:
             assert len(src.splitlines()) <= 10, f"code cell longer than 10 lines:\n{src}"
         for bad in ("sys.path", "!pip", "%pip", "%cd"):
             assert bad not in src, f"{bad} in a notebook"
-        body = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+        body = ast.parse("\n".join(x for x in src.splitlines() if not x.lstrip().startswith(("%", "!"))))
         assert not any(isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) for n in ast.walk(body))

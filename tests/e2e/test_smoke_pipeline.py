@@ -59,3 +59,22 @@ def test_a_failing_notebook_keeps_its_executed_copy_and_is_named(smoke_run, tmp_
     cells = json.loads(copy.read_text())["cells"]
     assert any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
     assert artefacts.read_manifest(copy.parent.parent) is None, "a failed stage writes no manifest"
+
+
+def test_a_deleted_shard_is_recomputed_alone(smoke_run) -> None:
+    run_root, overrides, _ = smoke_run
+    folder = artefacts.stage_dir(run_root, "propose_regions")
+    old = artefacts.read_manifest(folder)
+    shard_files = sorted((folder / "regions").glob("shard-*.safetensors"))
+    assert len(shard_files) == 2, "smoke runs propose_regions in two shards"
+    kept = shard_files[0].stat().st_mtime_ns
+    shard_files[1].unlink()
+    outcomes = {o.stage: o for o in pipeline.run(PARAMS, overrides=overrides, echo=print)}
+    assert not outcomes["propose_regions"].skipped and shard_files[1].exists()
+    assert shard_files[0].stat().st_mtime_ns == kept, "the intact shard was not recomputed"
+    new = artefacts.read_manifest(folder)
+    assert new["artefact_hash"] == old["artefact_hash"], "the recomputed shard is bit-identical"
+    later = [s for s in _stages() if artefacts.STAGE_NUMBERS[s] > artefacts.STAGE_NUMBERS["propose_regions"]]
+    assert all(outcomes[s].skipped for s in later), "unchanged upstream content: downstream stays valid"
+    earlier = [s for s in _stages() if artefacts.STAGE_NUMBERS[s] < artefacts.STAGE_NUMBERS["propose_regions"]]
+    assert all(outcomes[s].skipped for s in earlier)

@@ -13,7 +13,8 @@ COMMON = {"split": "smoke", "data_root": "data/smoke", "train_annotations": "coc
           "val_images": "coco/val", "run_root": "runs/smoke", "seed": 0, "device": "cpu", "num_workers": 0,
           "force": False}
 STAGE = {"clip_model": "ezsd-tiny-cnn", "num_steps": 2, "batch_size": 8, "lr": 1.0e-3, "text_lr": 1.0e-2,
-         "weight_decay": 0.0, "warmup_steps": 0, "logit_scale_init": 14.3, "token_init_std": 0.5, "log_every": 1}
+         "weight_decay": 0.0, "warmup_steps": 0, "logit_scale_init": 1.0, "logit_scale_lr": 0.06, "augment_prob": 0.5,
+         "log_every": 1}
 
 
 def _doc(**stage_changes) -> dict:

@@ -48,7 +48,8 @@ def test_lvis_reader_resolves_coco_url_and_filters_neg_ids_to_the_vocabulary(tmp
 
 def test_training_reader_never_yields_a_novel_annotation(smoke_world: Path, tmp_path: Path) -> None:
     """Strict zero-shot at the source: on the toy world and on the real-format files."""
-    cases = [(smoke_world / "coco/annotations/instances_train.json", "toy_coco"), (write_coco(tmp_path / "c.json"), "coco_48_17"), (write_lvis(tmp_path / "l.json"), "lvis_866_337")]
+    cases = [(smoke_world / "coco/annotations/instances_train.json", "toy_coco"),
+             (write_coco(tmp_path / "c.json"), "coco_48_17"), (write_lvis(tmp_path / "l.json"), "lvis_866_337")]
     for ann, name in cases:
         split, recs = data.read_records(ann, tmp_path, name, subset="train")
         novel = set(split.ids("novel"))

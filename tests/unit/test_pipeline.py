@@ -42,15 +42,16 @@ def test_a_complete_stage_is_skipped_without_starting_a_kernel(tmp_path: Path) -
     out.mkdir(parents=True)
     (out / "w.bin").write_bytes(b"1")
     artefacts.write_manifest(out, stage="pretrain_clip", split="smoke", config={}, config_hash=config.config_hash(cfg),
-                             upstream={}, outputs=["w.bin"], summary={}, started_at="t")
+                             upstream=config.upstream_hashes(cfg), outputs=["w.bin"], summary={}, started_at="t")
     lines: list[str] = []
     sys.modules.pop("papermill", None)
-    outcomes = pipeline.run(params, echo=lines.append)
+    outcomes = pipeline.run(params, stage="pretrain_clip", echo=lines.append)
     assert [o.skipped for o in outcomes] == [True] and lines == ["[1/1] 00_pretrain_clip: skipped, up to date"]
     assert "papermill" not in sys.modules, "nothing ran, so papermill was not even imported"
     # a changed knob makes it stale; --force too (both would run: check the decision only)
     changed = config.stage_config(config.read_params(_params(tmp_path, lr=1.0e-2)), "pretrain_clip", source="x")
-    assert artefacts.staleness(out, config_hash=config.config_hash(changed), upstream={}) == "its config changed"
+    assert artefacts.staleness(out, config_hash=config.config_hash(changed),
+                               upstream=config.upstream_hashes(changed)) == "its config changed"
 
 
 def test_params_errors_come_before_any_work(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from ezsd_core import structures
-from ezsd_core.structures import Detections, ImageRecord, RegionSet
 from ezsd_core.splits import CategorySplit
+from ezsd_core.structures import Detections, ImageRecord, RegionSet
 
 
 def _split() -> CategorySplit:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ezsd_core import clip
+from ezsd_core.stages import finetune_clip as st
+
+
+def test_bce_loss_is_the_mean_over_crops_and_classes() -> None:
+    img = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
+    txt = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]), dim=-1)
+    labels = torch.tensor([0, 2])
+    logits = 10.0 * img @ txt.T
+    sig = torch.sigmoid(logits)
+    onehot = torch.tensor([[1.0, 0, 0], [0, 0, 1.0]])
+    manual = -(onehot * sig.log() + (1 - onehot) * (1 - sig).log()).mean()
+    assert torch.allclose(st.classification_loss(img, txt, labels, 10.0, "bce"), manual)
+    ce = -(logits.log_softmax(1)[torch.arange(2), labels]).mean()
+    assert torch.allclose(st.classification_loss(img, txt, labels, 10.0, "softmax"), ce)
+
+
+def test_accuracy_table_by_subset_and_size() -> None:
+    pred = torch.tensor([0, 1, 2, 2])
+    labels = torch.tensor([0, 2, 2, 1])
+    novel = torch.tensor([False, True, True, False])
+    areas = torch.tensor([100.0, 2000.0, 10000.0, 500.0])
+    t = st.accuracy_table(pred, labels, novel, areas)
+    assert t["top1_all"] == 0.5 and t["top1_base"] == 0.5 and t["top1_novel"] == 0.5
+    assert t["top1_small"] == 0.5 and t["top1_medium"] == 0.0 and t["top1_large"] == 1.0
+
+
+def test_a_training_step_changes_only_layernorms() -> None:
+    torch.manual_seed(0)
+    model = clip.build_clip("ezsd-tiny-cnn", None, allow_random_init=True)
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    clip.set_trainable_layernorms(model.model, ["image", "text"])
+    params = [p for p in model.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=0.1)
+    emb = torch.nn.functional.normalize(clip.encode_images(model, torch.randn(6, 3, 32, 32)), dim=-1)
+    text = clip.encode_texts(model, ["circle", "star", "ring"], ["a photo of a {}"])
+    st.classification_loss(emb, text, torch.tensor([0, 1, 2, 0, 1, 2]), model.logit_scale, "bce").backward()
+    opt.step()
+    lns = set(clip.layernorm_parameters(model.model))
+    changed = {k for k, v in model.model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and changed <= lns, sorted(changed - lns)
+    assert math.isclose(model.logit_scale, math.exp(before["logit_scale"].item()), rel_tol=1e-6)
