@@ -146,6 +146,7 @@ class ExtractFeaturesConfig(CommonConfig):
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "propose_regions")
     SHARD_DIR: ClassVar[str] = "feats"
 
+    region_source: str = knob(choices=("clip_regions", "random_boxes"))  # random_boxes: ablation (c)
     iou_filter_gt: str = knob(choices=("base", "all"))  # all = the reference, which reads novel GT (a leak)
     iou_thresh: float = knob(lo=0.0, hi=1.0)  # regions overlapping a GT box at least this much are dropped
     subset_rule: str = knob(choices=("drop_base", "random"))  # spec §4: COCO zero-shot / other settings
@@ -157,12 +158,79 @@ class ExtractFeaturesConfig(CommonConfig):
     num_shards: int = knob(lo=1, default=1)
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TrainDetectorConfig(CommonConfig):
+    """Stage 04: train the distillation Mask R-CNN on base boxes + CLIP embeddings (spec §5)."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
+        "amp", "checkpoint_every", "log_every")
+    UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "extract_features")
+
+    backbone: str = knob(choices=("toy", "resnet18", "resnet50", "resnet101"))
+    imagenet_backbone: bool  # ImageNet weights for resnet backbones (torchvision enum; needs them cached)
+    trainable_backbone_layers: int = knob(lo=0, hi=5)
+    fpn_channels: int = knob(lo=8)
+    min_sizes: tuple[int, ...] = knob(lo=16)  # training short sides (one drawn per batch); the last one at test
+    max_size: int = knob(lo=16)
+    anchor_sizes: tuple[int, ...] = knob(lo=1)  # one per FPN level P2..P6
+    anchor_ratios: tuple[float, ...] = knob(lo=0.01)
+    rpn_pre_nms_train: int = knob(lo=1)
+    rpn_post_nms_train: int = knob(lo=1)
+    rpn_pre_nms_test: int = knob(lo=1)
+    rpn_post_nms_test: int = knob(lo=1)
+    rpn_batch_size: int = knob(lo=1)
+    roi_batch_size: int = knob(lo=1)
+    roi_positive_fraction: float = knob(lo=0.0, hi=1.0)
+    head_shared_convs: int = knob(lo=0)
+    head_branch_convs: int = knob(lo=0)
+    head_conv_dim: int = knob(lo=1)
+    head_fc_dim: int = knob(lo=1)
+    mask_head_convs: int = knob(lo=0)  # 0: no mask branch
+    mask_head_dim: int = knob(lo=1)
+    temperature_init: float = knob(lo=1.0)  # T of T * cos, learned (100 in the reference)
+    classifier_loss: str = knob(choices=("softmax", "seesaw"))
+    box_loss_weight: float = knob(lo=0.0)
+    distill_weight: float = knob(lo=0.0)  # lambda; 0 trains without distillation (ablation a)
+    num_distill_regions: int = knob(lo=0)  # regions sampled per image (with replacement) besides the GT
+    optimizer: str = knob(choices=("sgd", "adamw"))
+    lr: float = knob(lo=0.0)
+    momentum: float = knob(lo=0.0, hi=1.0)
+    weight_decay: float = knob(lo=0.0)
+    warmup_steps: int = knob(lo=0)
+    lr_schedule: str = knob(choices=("step", "cosine"))
+    lr_steps: tuple[int, ...]  # step schedule: x0.1 at each
+    max_steps: int = knob(lo=1)
+    batch_size: int = knob(lo=1)  # images per step, over all processes
+    grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
+    hflip_prob: float = knob(lo=0.0, hi=1.0)
+    repeat_factor_thresh: float = knob(lo=0.0)  # LVIS repeat-factor sampling (1e-3); 0 = off
+    amp: bool = False  # mixed precision on CUDA (ignored on CPU)
+    checkpoint_every: int = knob(lo=1, default=500)
+    log_every: int = knob(lo=1, default=20)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluateConfig(CommonConfig):
+    """Stage 05: swap in base + novel text embeddings, detect on val, COCO/LVIS AP by subset (spec §6)."""
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("batch_size",)
+    UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "train_detector")
+
+    vocabulary: str = knob(choices=("all", "proposal"))  # all = base + novel; proposal = spec §5.5 for lvis_405
+    score_thresh: float = knob(lo=0.0, hi=1.0)
+    nms_thresh: float = knob(lo=0.0, hi=1.0)
+    max_detections: int = knob(lo=1)  # per image (300 in the reference; AP at 100 is reported as well)
+    batch_size: int = knob(lo=1, default=8)
+
+
 PRETRAIN_CLIP = "pretrain_clip"  # the value of clip_pretrained that means "the stage-00 teacher"
 STAGE_CONFIGS: dict[str, type[CommonConfig]] = {
     "pretrain_clip": PretrainClipConfig,
     "finetune_clip": FinetuneClipConfig,
     "propose_regions": ProposeRegionsConfig,
     "extract_features": ExtractFeaturesConfig,
+    "train_detector": TrainDetectorConfig,
+    "evaluate": EvaluateConfig,
 }
 
 

@@ -8,6 +8,7 @@ Layer 2: imports structures, splits (layers 0-1).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torchvision.ops import box_iou
@@ -51,4 +52,91 @@ def region_recall(records: Sequence[ImageRecord], regions: Sequence[RegionSet], 
         hit = (torch.cat(best[k]) >= iou_thresh).float() if best[k] else torch.zeros(0)
         for name, mask in (("base", ~is_novel), ("novel", is_novel), ("all", torch.ones_like(is_novel))):
             out[f"recall@{k}_{name}"] = float(hit[mask].mean()) if bool(mask.any()) else float("nan")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# detection AP
+
+
+def _quiet():
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit, *,
+                 iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300)) -> dict[str, float]:
+    """COCO AP / AP50 per subset (base, novel, all) with pycocotools, ``catIds`` restricted per subset.
+
+    Args:
+        gt_json: the val annotation file (COCO format).
+        results: detections in COCO results format (``bbox`` XYWH absolute; ``segmentation`` RLE for segm).
+        split: the subsets.
+        iou_types: ``bbox`` and/or ``segm``.
+        max_dets: detections per image considered; the largest gives the headline keys
+            (``bbox/AP50_novel``), the others a suffix (``bbox/AP50_novel@100``).
+
+    Returns:
+        Flat metrics; -1.0 where a subset has no GT (COCOeval's convention).
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with _quiet():
+        gt = COCO(str(gt_json))
+    present = set(gt.getCatIds())
+    out: dict[str, float] = {}
+    for iou_type in iou_types:
+        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        with _quiet():
+            dt = gt.loadRes(usable) if usable else None
+        for subset in ("base", "novel", "all"):
+            cats = [c for c in split.ids(subset) if c in present]
+            for n in sorted(max_dets):
+                suffix = "" if n == max(max_dets) else f"@{n}"
+                ap, ap50 = -1.0, -1.0
+                if dt is not None and cats:
+                    e = COCOeval(gt, dt, iou_type)
+                    e.params.catIds, e.params.maxDets = cats, [1, 10, n]
+                    with _quiet():
+                        e.evaluate()
+                        e.accumulate()
+                        e.summarize()
+                    ap, ap50 = float(e.stats[0]), float(e.stats[1])
+                elif cats:
+                    ap, ap50 = 0.0, 0.0
+                out[f"{iou_type}/AP_{subset}{suffix}"] = ap
+                out[f"{iou_type}/AP50_{subset}{suffix}"] = ap50
+    return out
+
+
+def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
+                 max_dets: int = 300) -> dict[str, float]:
+    """LVIS AP, AP50, APr, APc, APf with the ``lvis`` package (``np.float`` shimmed for numpy >= 1.24).
+
+    Returns:
+        ``{"bbox/AP", "bbox/APr", ...}`` as plain floats; -1.0 where LVIS reports no value.
+    """
+    import numpy as np
+
+    if not hasattr(np, "float"):
+        np.float = float  # lvis 0.5.3 still uses np.float (removed in numpy 1.24)
+    from lvis import LVIS, LVISEval, LVISResults
+
+    with _quiet():
+        gt = LVIS(str(gt_json))
+    out: dict[str, float] = {}
+    for iou_type in iou_types:
+        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        if not usable:
+            out.update({f"{iou_type}/{k}": 0.0 for k in ("AP", "AP50", "APr", "APc", "APf")})
+            continue
+        with _quiet():
+            e = LVISEval(gt, LVISResults(gt, usable, max_dets=max_dets), iou_type)
+            e.params.max_dets = max_dets
+            e.run()
+        res = e.get_results()
+        out.update({f"{iou_type}/{k}": float(res[k]) for k in ("AP", "AP50", "APr", "APc", "APf")})
     return out

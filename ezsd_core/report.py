@@ -170,3 +170,34 @@ def features_summary(stage_path: Path | str, top_categories: int = 15):
     axes[2].set_title("CLIP category id of kept regions", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def detections_on_images(stage_path: Path | str, num_images: int = 4, min_score: float = 0.3):
+    """Stage 05: detections (score >= ``min_score``; novel ones in orange) and GT (green) on val images."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ezsd_core import data
+
+    stage_path = Path(stage_path)
+    manifest = artefacts.read_manifest(stage_path)
+    cfg = config.load_config(config.EvaluateConfig, manifest["config"])
+    split, records = data.read_config_records(cfg, "val")
+    dets = json.loads((stage_path / "detections.json").read_text())
+    shown = [r for r in records if len(r.gt_boxes)][:num_images]
+    fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.2 * max(len(shown), 1), 3.4), squeeze=False)
+    for ax, rec in zip(axes[0], shown):
+        ax.imshow(Image.open(rec.file_name))
+        for (x1, y1, x2, y2), cid in zip(rec.gt_boxes.tolist(), rec.gt_category_ids.tolist()):
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2, ls="--"))
+        for d in dets:
+            if d["image_id"] != rec.image_id or d["score"] < min_score:
+                continue
+            x, y, w, h = d["bbox"]
+            color = "orange" if split.role_of(d["category_id"]) == "novel" else "red"
+            ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, color=color, lw=1.2))
+            ax.text(x, y, f"{split.name_of(d['category_id'])} {d['score']:.2f}", color=color, fontsize=6)
+        ax.set_title(f"image {rec.image_id}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

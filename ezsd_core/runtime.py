@@ -62,3 +62,50 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Load a checkpoint written by ``save_checkpoint`` on the CPU, without unpickling code."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun / DDP
+
+
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside ``torchrun``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1): nccl on CUDA, else gloo."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return distributed_rank_and_size()
+
+
+def distributed_device(device: str) -> torch.device:
+    """This rank's device: ``cuda:<LOCAL_RANK>`` when CUDA is asked for (or auto and present), else cpu."""
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return resolve_device(device)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` (gradients averaged across ranks)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def finish_distributed() -> None:
+    """Leave the process group, if any."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -321,7 +321,7 @@ def _scene_job(args: tuple) -> tuple[int, int, list[dict]]:
 
 
 def _iconic_job(args: tuple) -> str:
-    out_png, seed, size, k = args
+    out_png, seed, k, size = args
     image, caption = render_iconic(seed, size, k)
     image.save(out_png)
     return caption
@@ -384,12 +384,17 @@ def _lvis_json(records: list, subset: str, seed: int, train_categories: list[dic
             "annotations": annotations, "categories": train_categories or cats}
 
 
+def iconic_item(spec: WorldSpec, subset: str, i: int) -> tuple[int, int]:
+    """(seed, category index) of iconic pair ``i`` of ``subset`` (``train`` / ``heldout``): categories cycle."""
+    return _item_seed(spec.seed, f"iconic/{subset}", i), i % len(CATEGORY_NAMES)
+
+
 def _write_iconic(root: Path, spec: WorldSpec, pool: ProcessPoolExecutor) -> None:
     for subset, count in (("train", spec.num_iconic), ("heldout", spec.num_iconic_heldout)):
         (root / "iconic" / subset).mkdir(parents=True, exist_ok=True)
         ids = category_ids()
-        jobs = [(root / "iconic" / subset / f"{i:06d}.png", _item_seed(spec.seed, f"iconic/{subset}", i),
-                 spec.iconic_size, i % len(CATEGORY_NAMES)) for i in range(count)]
+        jobs = [(root / "iconic" / subset / f"{i:06d}.png", *iconic_item(spec, subset, i), spec.iconic_size)
+                for i in range(count)]
         lines = [json.dumps({"file": f"{subset}/{i:06d}.png", "caption": cap,
                              "category_id": ids[i % len(CATEGORY_NAMES)]})
                  for i, cap in enumerate(pool.map(_iconic_job, jobs, chunksize=64))]

@@ -56,6 +56,22 @@ def random_subset(num: int, max_regions: int, seed: int, image_id: int) -> Tenso
     return torch.from_numpy(rng.choice(num, size=max_regions, replace=False)).long()
 
 
+def random_regions(image_id: int, num: int, height: int, width: int, seed: int) -> RegionSet:
+    """``num`` random boxes (ablation: distil random boxes instead of CLIP regions), seeded per image.
+
+    Sides are log-uniform between 8 px and half the image's longer side, centres uniform; boxes are
+    clipped to the image. Scores are zero (no order), categories and probabilities are set later.
+    """
+    rng = np.random.default_rng([seed, image_id, 7])
+    side = np.exp(rng.uniform(np.log(8), np.log(max(height, width) / 2), (num, 2)))
+    centre = rng.uniform(0, 1, (num, 2)) * [width, height]
+    boxes = torch.from_numpy(np.concatenate([centre - side / 2, centre + side / 2], 1)).float()
+    boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width),
+                         boxes[:, 3].clamp(0, height)], 1)
+    return RegionSet(image_id=image_id, region_boxes=boxes, region_scores=torch.zeros(num),
+                     region_category_ids=torch.zeros(num, dtype=torch.int64), region_probs=torch.zeros(num))
+
+
 def classify(embeds: Tensor, text_embeds: Tensor, logit_scale: float) -> tuple[Tensor, Tensor]:
     """Argmax index and max probability of softmax(logit_scale * cos) for (M, D) raw embeddings vs (C, D)."""
     p = (logit_scale * nn.functional.normalize(embeds.float(), dim=-1) @ text_embeds.T).softmax(-1)
@@ -130,6 +146,8 @@ def _extract_chunk(items: list[ImageRecord], ctx: dict, cfg: ExtractFeaturesConf
         rec = items[i]
         shard, pos = ctx["index"][rec.image_id]
         regions = shard.region_set(pos)
+        if cfg.region_source == "random_boxes":
+            regions = random_regions(rec.image_id, len(regions.region_boxes), image.shape[1], image.shape[2], cfg.seed)
         filter_gt = ctx["filter_gt"].get(rec.image_id, rec.gt_boxes)
         rs = select_and_embed(image, regions, filter_gt, ctx["model"], ctx["text"], ctx["ids"], ctx["base"], cfg)
         gt = embed_boxes(image, rec.gt_boxes, ctx["model"], crop_scale=cfg.crop_scale,

@@ -87,10 +87,14 @@ def load_iconic(root: Path, subset: str, size: int) -> tuple[Tensor, Tensor, lis
         images (N, 3, size, size) uint8, category ids (N,) int64, N captions.
     """
     rows = [json.loads(line) for line in (root / "iconic" / f"{subset}.jsonl").read_text().splitlines()]
-    pics = np.stack([np.asarray(Image.open(root / "iconic" / r["file"]).convert("RGB")) for r in rows])
-    small = crops.resize_images(torch.from_numpy(pics).permute(0, 3, 1, 2), size)
-    images = (small * 255).round().to(torch.uint8)
-    return images, torch.tensor([r["category_id"] for r in rows]), [r["caption"] for r in rows]
+    pics = [np.asarray(Image.open(root / "iconic" / r["file"]).convert("RGB")) for r in rows]
+    return iconic_batch(pics, size), torch.tensor([r["category_id"] for r in rows]), [r["caption"] for r in rows]
+
+
+def iconic_batch(pictures: list[np.ndarray], size: int) -> Tensor:
+    """N (H, W, 3) uint8 iconic pictures -> (N, 3, size, size) uint8, resized once (antialiased bicubic)."""
+    small = crops.resize_images(torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2), size)
+    return (small * 255).round().to(torch.uint8)
 
 
 def scene_crops(cfg: PretrainClipConfig, size: int) -> tuple[Tensor, Tensor, list]:

@@ -36,7 +36,7 @@ def test_classify_uses_cosine_softmax() -> None:
 
 def _cfg(rule: str, **kw) -> config.ExtractFeaturesConfig:
     base = dict(split="smoke", data_root="d", train_annotations="a", val_annotations="b", train_images="t",
-                val_images="v", run_root="r", seed=0, iou_filter_gt="base", iou_thresh=0.3, subset_rule=rule,
+                val_images="v", run_root="r", seed=0, region_source="clip_regions", iou_filter_gt="base", iou_thresh=0.3, subset_rule=rule,
                 num_candidates=6, max_regions=3, crop_scale=1.2, crops_per_batch=4)
     return config.ExtractFeaturesConfig(**{**base, **kw})
 
@@ -56,3 +56,11 @@ def test_select_and_embed_drop_base_keeps_only_non_base_categories() -> None:
         assert [0.0, 0, 16, 16] not in rs.region_boxes.tolist(), "the region on the GT box was filtered"
         if rule == "drop_base":
             assert not set(rs.region_category_ids.tolist()) & base
+
+
+def test_random_regions_are_seeded_and_inside_the_image() -> None:
+    a = st.random_regions(5, 30, 48, 64, seed=0)
+    assert torch.equal(a.region_boxes, st.random_regions(5, 30, 48, 64, seed=0).region_boxes)
+    assert not torch.equal(a.region_boxes, st.random_regions(6, 30, 48, 64, seed=0).region_boxes)
+    b = a.region_boxes
+    assert len(b) == 30 and b[:, 0].min() >= 0 and b[:, 2].max() <= 64 and b[:, 3].max() <= 48

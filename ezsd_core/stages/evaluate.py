@@ -1,0 +1,109 @@
+"""Stage 05 `evaluate`: detect on val with base + novel text embeddings, then AP by subset.
+
+Paper step: zero-shot inference and evaluation (arXiv 2303.12145 §4; method spec §5.5, §6). The
+trained detector is untouched except its classifier's text embeddings, which are swapped for the
+vocabulary's (base + novel); the learned background vector and temperature stay. COCO-style
+splits report bbox/segm AP and AP50 for base / novel / all (pycocotools, ``catIds`` per subset) at
+``max_detections`` and at 100 per image; LVIS-style splits report AP, APr, APc, APf (lvis).
+Reads: ``01_finetune_clip``, ``04_train_detector``, val annotations.
+Writes: ``05_evaluate/{detections.json, metrics.json, manifest.json}``.
+Imports: config, artefacts, runtime, data, structures, splits, detector, evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from ezsd_core import artefacts, config, data, detector, evaluation, runtime, structures
+from ezsd_core.artefacts import StageResult
+from ezsd_core.config import EvaluateConfig
+
+STAGE = "evaluate"
+log = logging.getLogger(__name__)
+
+
+def load_detector(run_root: Path, vocabulary: str, *, score_thresh: float, nms_thresh: float, max_detections: int,
+                  device: torch.device) -> tuple[detector.EzsdDetector, torch.Tensor]:
+    """The trained detector of a run, classifying against a stage-01 vocabulary (``all``, ``proposal``, ...).
+
+    Returns:
+        The model in eval mode and the (K,) dataset category ids of its labels 1..K.
+    """
+    manifest = artefacts.require_complete(run_root, "train_detector")
+    spec = detector.DetectorSpec(**{**manifest["detector"], "min_size": tuple(manifest["detector"]["min_size"]),
+                                    "score_thresh": score_thresh, "nms_thresh": nms_thresh,
+                                    "detections_per_img": max_detections})
+    state = load_file(str(artefacts.stage_dir(run_root, "train_detector") / "model.safetensors"))
+    model = detector.build_detector(spec, state["roi_heads.box_predictor.text_embeds"])
+    model.load_state_dict(state)
+    text = load_file(str(artefacts.stage_dir(run_root, "finetune_clip") / "text_embeds.safetensors"))
+    model.set_vocabulary(text[vocabulary])
+    return model.to(device).eval(), text[f"{vocabulary}_category_ids"]
+
+
+def to_results(dets: structures.Detections) -> list[dict]:
+    """One image's detections in COCO results format, masks (if any) as RLE."""
+    rles = None
+    if dets.pred_masks is not None:
+        rles = []
+        for m in dets.pred_masks.numpy().astype(np.uint8):
+            rle = mask_utils.encode(np.asfortranarray(m))
+            rles.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+    return structures.to_coco_results(dets, rles)
+
+
+@torch.no_grad()
+def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
+           num_workers: int, device: torch.device) -> list[structures.Detections]:
+    """Detections of every record (XYXY original pixels, dataset category ids, boolean masks)."""
+    out = []
+    loader = data.image_loader(records, num_workers)
+    batch: list = []
+    for i, image in tqdm(loader, total=len(records), desc="evaluate", unit="img", mininterval=10):
+        batch.append((records[i].image_id, image.float().div(255).to(device)))
+        if len(batch) == batch_size or i == len(records) - 1:
+            dets = model([b[1] for b in batch], return_detections=True).detections
+            for (image_id, _), d in zip(batch, dets):
+                out.append(structures.from_tv_output({k: v.cpu() for k, v in d.items()}, image_id, category_ids.tolist()))
+            batch = []
+    return out
+
+
+def run(cfg: EvaluateConfig) -> StageResult:
+    """Detect on the val split and write detections.json and metrics.json (flat keys, e.g. ``bbox/AP50_novel``)."""
+    started = artefacts.utc_now()
+    runtime.seed_everything(cfg.seed)
+    runtime.configure_threads()
+    device = runtime.resolve_device(cfg.device)
+    out = artefacts.stage_dir(cfg.run_root, STAGE)
+    upstream = config.upstream_hashes(cfg)
+    chash = config.config_hash(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
+        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    model, ids = load_detector(cfg.run_root, cfg.vocabulary, score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
+                               max_detections=cfg.max_detections, device=device)
+    split, records = data.read_config_records(cfg, "val")
+    results = [r for d in detect(model, records, ids, cfg.batch_size, cfg.num_workers, device) for r in to_results(d)]
+    out.mkdir(parents=True, exist_ok=True)
+    artefacts.atomic_write_json(out / "detections.json", results)
+    gt = cfg.data_root / cfg.val_annotations
+    iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
+    if split.style == "lvis":
+        metrics = evaluation.lvis_metrics(gt, results, iou_types=iou_types, max_dets=cfg.max_detections)
+    else:
+        metrics = evaluation.coco_metrics(gt, results, split, iou_types=iou_types,
+                                          max_dets=sorted({100, cfg.max_detections}))
+    metrics = {k: round(v, 4) for k, v in metrics.items()}
+    artefacts.atomic_write_json(out / "metrics.json", metrics)
+    manifest = artefacts.write_manifest(
+        out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
+        outputs=["detections.json", "metrics.json"], started_at=started,
+        summary={**metrics, "num_images": len(records), "num_detections": len(results)})
+    return StageResult(out, False, manifest["summary"])

@@ -1,0 +1,322 @@
+"""Stage 04 `train_detector`: the Mask R-CNN with an embedding head, distilling CLIP region embeddings.
+
+Paper step: the distillation detector (arXiv 2303.12145 §3.4; method spec §5). Base GT boxes train
+RPN, classifier (cosine with frozen base text embeddings + a learned background, learnable
+temperature; softmax CE or Seesaw), class-agnostic semantic box regression and masks; per image the
+base GT boxes plus N regions sampled from stage 03 go through the same head, and their embeddings
+are pulled to CLIP's (weighted L1 x D x lambda). No novel annotation is read.
+Reads: ``01_finetune_clip`` (text embeddings), ``03_extract_features`` (targets), train annotations.
+Writes: ``04_train_detector/{model.safetensors, train_log.jsonl, manifest.json}`` and the resume
+state ``checkpoints/last.pt``. Runs on several processes under ``torchrun`` (DDP):
+``torchrun --nproc_per_node 2 -m ezsd_core.stages.train_detector params/<split>.yaml``.
+Imports: config, artefacts, runtime, data, shards, structures, detector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm import tqdm
+
+from ezsd_core import artefacts, config, data, detector, runtime, shards
+from ezsd_core.artefacts import StageResult
+from ezsd_core.config import TrainDetectorConfig
+from ezsd_core.structures import ImageRecord
+
+STAGE = "train_detector"
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# the science (pure)
+
+
+def distill_targets(gt_boxes: Tensor, gt_embeds: Tensor, region_boxes: Tensor, region_embeds: Tensor,
+                    region_probs: Tensor, num_regions: int, rng: np.random.Generator) -> dict[str, Tensor]:
+    """The distillation RoIs of one image (spec §5.3): every base GT box, then ``num_regions`` regions
+    sampled uniformly with replacement; weights 1 for GT and CLIP's probability for regions,
+    rescaled to mean 1 over the image.
+
+    Args:
+        gt_boxes: (N, 4) XYXY; gt_embeds: (N, D); region_boxes: (M, 4); region_embeds: (M, D);
+        region_probs: (M,); num_regions: regions to sample (none when M = 0).
+
+    Returns:
+        ``boxes`` (N + R, 4) float32, ``embeds`` (N + R, D) float32, ``weights`` (N + R,) float32.
+    """
+    idx = torch.from_numpy(rng.integers(0, len(region_boxes), num_regions)) if len(region_boxes) else \
+        torch.zeros(0, dtype=torch.int64)
+    weights = torch.cat([torch.ones(len(gt_boxes)), region_probs[idx].float()])
+    if len(weights) and weights.sum() > 0:
+        weights = weights * len(weights) / weights.sum()
+    return {"boxes": torch.cat([gt_boxes.float(), region_boxes[idx].float()]),
+            "embeds": torch.cat([gt_embeds.float(), region_embeds[idx].float()]), "weights": weights}
+
+
+def repeat_factors(records: list[ImageRecord], thresh: float) -> np.ndarray:
+    """LVIS repeat-factor sampling (Gupta et al., 2019): r_c = max(1, sqrt(t / f_c)) with f_c the share
+    of training images holding category c; an image repeats max_c r_c times. (I,) float64."""
+    if thresh <= 0:
+        return np.ones(len(records))
+    counts: dict[int, int] = {}
+    for r in records:
+        for c in set(r.gt_category_ids.tolist()):
+            counts[c] = counts.get(c, 0) + 1
+    rc = {c: max(1.0, math.sqrt(thresh / (n / len(records)))) for c, n in counts.items()}
+    return np.array([max((rc[c] for c in set(r.gt_category_ids.tolist())), default=1.0) for r in records])
+
+
+def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, num_steps: int, seed: int) -> list[list[tuple]]:
+    """``num_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
+    appears floor(r_i) times plus once more with probability frac(r_i). Deterministic in the seed."""
+    plan, flat, epoch = [], [], 0
+    while len(plan) < num_steps:
+        rng = np.random.default_rng([seed, epoch])
+        reps = np.floor(factors).astype(int) + (rng.random(num_images) < factors - np.floor(factors))
+        order = rng.permutation(np.repeat(np.arange(num_images), reps))
+        flat += [(epoch, int(i)) for i in order]
+        while len(flat) >= batch_size and len(plan) < num_steps:
+            plan.append(flat[:batch_size])
+            flat = flat[batch_size:]
+        epoch += 1
+    return plan
+
+
+def lr_factor(step: int, cfg: TrainDetectorConfig) -> float:
+    """Linear warm-up from 0.001, then x0.1 at each of ``lr_steps`` or cosine to 0 at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return 0.001 + (1 - 0.001) * step / cfg.warmup_steps
+    if cfg.lr_schedule == "step":
+        return 0.1 ** sum(step >= s for s in cfg.lr_steps)
+    return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
+
+
+def detector_spec(cfg: TrainDetectorConfig, embed_dim: int) -> detector.DetectorSpec:
+    """The DetectorSpec of a stage config (what the manifest records to rebuild the model)."""
+    names = {f for f in detector.DetectorSpec.__dataclass_fields__}
+    values = {k: v for k, v in config.config_dict(cfg).items() if k in names}
+    return detector.DetectorSpec(**values, min_size=tuple(cfg.min_sizes), embed_dim=embed_dim, score_thresh=0.05,
+                                 nms_thresh=0.5, detections_per_img=100)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+class DistillDataset(torch.utils.data.Dataset):
+    """Item ``(epoch, i)`` -> (image (3, H, W) float [0, 1], target, distill) for training image i.
+
+    All randomness (flip, region sampling) comes from a generator seeded with (seed, epoch, i), so an
+    item is the same whenever and in whichever process it is loaded (exact resume).
+    """
+
+    def __init__(self, records: list[ImageRecord], label_of: dict[int, int], feats: dict[int, tuple] | None,
+                 cfg: TrainDetectorConfig):
+        self.records, self.label_of, self.feats, self.cfg = records, label_of, feats, cfg
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict, dict | None]:
+        epoch, i = key
+        r = self.records[i]
+        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        image = data.read_image(r.file_name).float() / 255
+        masks = torch.from_numpy(mask_utils.decode(r.gt_masks)).permute(2, 0, 1) if r.gt_masks else \
+            torch.zeros(0, r.height, r.width, dtype=torch.uint8)
+        target = {"boxes": r.gt_boxes.clone(), "labels": torch.tensor([self.label_of[int(c)] for c in r.gt_category_ids],
+                                                                       dtype=torch.int64), "masks": masks}
+        distill = None
+        if self.feats is not None:
+            shard, pos = self.feats[r.image_id]
+            gt, reg = shard.rows(pos, "gt"), shard.rows(pos, "region")
+            distill = distill_targets(gt["gt_boxes"], gt["gt_embeds"], reg["region_boxes"], reg["region_embeds"],
+                                      reg["region_probs"], self.cfg.num_distill_regions, rng)
+        if rng.random() < self.cfg.hflip_prob:
+            image, target["masks"] = image.flip(-1), target["masks"].flip(-1)
+            target["boxes"] = _flip(target["boxes"], r.width)
+            if distill is not None:
+                distill["boxes"] = _flip(distill["boxes"], r.width)
+        return image, target, distill
+
+
+def _flip(boxes: Tensor, width: int) -> Tensor:
+    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
+
+
+def feature_index(run_root: Path) -> dict[int, tuple[shards.RaggedShard, int]]:
+    """Training image id -> (stage-03 shard, position) over every stage-03 shard."""
+    index = {}
+    folder = artefacts.stage_dir(run_root, "extract_features") / config.ExtractFeaturesConfig.SHARD_DIR
+    for p in sorted(folder.glob("shard-*.safetensors")):
+        shard = shards.RaggedShard(p)
+        index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
+    return index
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def _to(device: torch.device, batch: list) -> tuple[list, list, list | None]:
+    images = [b[0].to(device) for b in batch]
+    targets = [{k: v.to(device) for k, v in b[1].items()} for b in batch]
+    distill = None if batch[0][2] is None else [{k: v.to(device) for k, v in b[2].items()} for b in batch]
+    return images, targets, distill
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainDetectorConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
+          out: Path, config_hash: str) -> dict:
+    """The training loop: resumes from ``checkpoints/last.pt`` (same config hash) and checkpoints every
+    ``checkpoint_every`` steps; appends ``train_log.jsonl`` (truncated to the checkpoint on resume).
+
+    Returns:
+        Summary numbers (steps, seconds per step, last logged losses).
+    """
+    rank, world = runtime.distributed_rank_and_size()
+    ddp = runtime.wrap_ddp(model, device) if world > 1 else model
+    opt = _optimizer(model, cfg)
+    amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "train_log.jsonl"
+    start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
+    plan = batch_plan(len(dataset), repeat_factors(dataset.records, cfg.repeat_factor_thresh), cfg.batch_size,
+                      cfg.max_steps, cfg.seed)
+    mine = [b[rank::world] for b in plan[start:]]
+    # a generator of its own: creating the iterator must not draw from torch's global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=cfg.num_workers, collate_fn=list,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    sums: dict[str, float] = {}
+    t0, step = time.perf_counter(), start
+    ddp.train()
+    for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=cfg.max_steps,
+                                      mininterval=10, disable=rank > 0), start):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(step, cfg)
+        images, targets, distill = _to(device, batch)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            losses = ddp(images, targets, distill).losses
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        for k, v in {**losses, "loss": loss}.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        if (step + 1) % cfg.log_every == 0 and rank == 0:
+            row = {"step": step + 1, "lr": round(cfg.lr * lr_factor(step, cfg), 8),
+                   **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}}
+            with open(log_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            sums = {}
+        if (step + 1) % cfg.checkpoint_every == 0 and rank == 0 and step + 1 < cfg.max_steps:
+            runtime.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                                "scaler": scaler.state_dict(), "step": step + 1,
+                                                "torch_rng": torch.get_rng_state(), "config_hash": config_hash})
+    steps_run = cfg.max_steps - start
+    return {"steps": cfg.max_steps, "resumed_from_step": start,
+            "seconds_per_step": round((time.perf_counter() - t0) / max(steps_run, 1), 3)}
+
+
+def _resume(path: Path, model, opt, scaler, cfg: TrainDetectorConfig, config_hash: str, log_path: Path) -> int:
+    """Load the resume state when it belongs to this config; returns the step to start from.
+
+    ``force`` starts over; a checkpoint of another config is an error unless forced.
+    """
+    if cfg.force or not path.exists():
+        path.unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)
+        return 0
+    state = runtime.load_checkpoint(path)
+    if state["config_hash"] != config_hash:
+        raise ValueError(f"{path} was written with another config; run with --force to start over")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if log_path.exists():  # drop rows logged after the checkpoint: the resumed run logs them again
+        rows = [x for x in log_path.read_text().splitlines() if x and json.loads(x)["step"] <= state["step"]]
+        artefacts.atomic_write_bytes(log_path, "".join(r + "\n" for r in rows).encode())
+    log.info("resuming from step %d", state["step"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the stage
+
+
+def run(cfg: TrainDetectorConfig) -> StageResult:
+    """Train (or resume training) the detector; write the final weights, the log and the manifest."""
+    started = artefacts.utc_now()
+    determinism = runtime.seed_everything(cfg.seed)
+    runtime.configure_threads()
+    rank, world = runtime.init_distributed()
+    device = runtime.resolve_device(cfg.device) if world == 1 else runtime.distributed_device(cfg.device)
+    out = artefacts.stage_dir(cfg.run_root, STAGE)
+    upstream = config.upstream_hashes(cfg)
+    chash = config.config_hash(cfg)
+    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
+        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    out.mkdir(parents=True, exist_ok=True)
+    text = load_file(str(artefacts.stage_dir(cfg.run_root, "finetune_clip") / "text_embeds.safetensors"))
+    split, records = data.read_config_records(cfg, "train", with_masks=True)
+    label_of = split.label_map("base")
+    feats = feature_index(cfg.run_root) if cfg.distill_weight > 0 else None
+    spec = detector_spec(cfg, embed_dim=text["base"].shape[1])
+    model = detector.build_detector(spec, text["base"]).to(device)
+    summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash)
+    if rank > 0:
+        return StageResult(out, False, summary)
+    shards.save_tensors(out / "model.safetensors", model.state_dict(), {"stage": STAGE})
+    (out / "checkpoints" / "last.pt").unlink(missing_ok=True)  # resume state of a finished run
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x] \
+        if (out / "train_log.jsonl").exists() else []
+    if not rows:
+        artefacts.atomic_write_bytes(out / "train_log.jsonl", b"")
+    summary.update({k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("loss")})
+    manifest = artefacts.write_manifest(
+        out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
+        outputs=["model.safetensors", "train_log.jsonl"], summary={**summary, "processes": world},
+        started_at=started, extra={"detector": asdict(spec), "vocabulary": {"base": list(split.ids("base"))},
+                                   "determinism": determinism})
+    return StageResult(out, False, manifest["summary"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ezsd_core.stages.train_detector PARAMS [--set k=v ...]`` (the torchrun entry point)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="train the detector of a params file (under torchrun for DDP)")
+    p.add_argument("params", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = config.stage_config(config.read_params(args.params), STAGE, source=str(args.params), overrides=args.set)
+    result = run(cfg)
+    runtime.finish_distributed()
+    log.info("%s", result)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
