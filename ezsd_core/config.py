@@ -100,6 +100,7 @@ class FinetuneClipConfig(CommonConfig):
     towers: tuple[str, ...] = knob(choices=("image", "text"))  # whose LayerNorms are tuned
     prompt_templates: tuple[str, ...]  # e.g. ["a photo of a {}"] (the reference uses just this one)
     loss: str = knob(choices=("bce", "softmax"))  # bce = the reference's sigmoid BCE on logit_scale*cos
+    loss_logit_scale: float | None = knob(lo=0.01)  # multiplier of cos in the loss; null = CLIP's own (100)
     epochs: int = knob(lo=0)
     batch_size: int = knob(lo=1)  # images per step; every base GT crop of an image is a sample
     lr: float = knob(lo=0.0)

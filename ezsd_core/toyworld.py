@@ -34,7 +34,8 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 3  # 2: val image ids offset by VAL_ID_OFFSET; 3: varied iconic backgrounds
+SCHEMA_VERSION = 4  # 2: val ids offset by VAL_ID_OFFSET; 3: varied iconic backgrounds; 4: scene camera
+ICONIC_VERSION = 1  # changes only when iconic images change (the shipped teacher depends on it)
 VAL_ID_OFFSET = 1_000_000
 SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: smooth edges, exact 0.5-coverage masks
 COLOR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
@@ -173,11 +174,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(pil, np.float32)
 
 
+# The scene camera: a negative film with a blue-green cast. It is a *global statistics* shift between
+# the iconic "web" images and the scenes, the kind of gap the paper attributes CLIP's crop accuracy
+# loss to and that re-normalising (stage 01) can undo, for base and novel shapes alike.
+SENSOR_GAIN = np.array([0.9, 1.0, 0.8], np.float32)
+SENSOR_OFFSET = np.array([12.0, 0.0, 25.0], np.float32)
+
+
 def _degrade(rng: np.random.Generator, img: np.ndarray) -> Image.Image:
-    """Contrast, blur and sensor noise: the photographic part of the domain gap."""
+    """Contrast, sensor noise, blur and the scene camera's tone curve: the photographic domain gap."""
     mean = img.mean()
     img = (img - mean) * rng.uniform(0.6, 1.1) + mean
     img = img + rng.normal(0, rng.uniform(2, 10), img.shape)
+    img = (255.0 - img.clip(0, 255)) * SENSOR_GAIN + SENSOR_OFFSET
     pil = Image.fromarray(img.clip(0, 255).astype(np.uint8))
     if rng.random() < 0.5:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
@@ -451,7 +460,8 @@ def generate(out: Path | str, spec: WorldSpec, *, workers: int | None = None, fo
             artefacts.atomic_write_json(tmp / "lvis/annotations" / f"lvis_v1_{subset}.json", lvis)
             counts[subset] = {"coco_objects": sum(len(r[4]) for r in records),
                               "lvis_objects": sum(len(r[4]) for r in lrecords)}
-    info = {"schema_version": SCHEMA_VERSION, "spec": asdict(spec), "categories": list(CATEGORY_NAMES),
+    info = {"schema_version": SCHEMA_VERSION, "iconic_version": ICONIC_VERSION, "spec": asdict(spec),
+            "categories": list(CATEGORY_NAMES),
             "counts": counts, "iconic_sha256": _tree_sha256(tmp / "iconic"),
             "coco_sha256": _tree_sha256(tmp / "coco"), "lvis_sha256": _tree_sha256(tmp / "lvis")}
     artefacts.atomic_write_json(tmp / "world.json", info)

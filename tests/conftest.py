@@ -34,3 +34,28 @@ def smoke_world(tmp_path_factory) -> Path:
     from ezsd_core import toyworld
 
     return toyworld.generate(tmp_path_factory.mktemp("world") / "smoke", toyworld.SMOKE_SPEC)
+
+
+def run_stages_in_process(world: Path, run_root: Path, stages: list[str], extra: tuple[str, ...] = ()) -> None:
+    """Run smoke stages through their ``run()`` (no papermill), every shard of sharded ones."""
+    import importlib
+
+    from ezsd_core import config
+
+    doc = config.read_params(REPO / "params/smoke.yaml")
+    for stage in stages:
+        module = importlib.import_module(f"ezsd_core.stages.{stage}")
+        for shard in range(doc[stage].get("num_shards", 1)):
+            overrides = [f"common.data_root={world}", f"common.run_root={run_root}", *extra]
+            if "num_shards" in doc[stage]:
+                overrides.append(f"{stage}.shard_index={shard}")
+            module.run(config.stage_config(doc, stage, source="smoke", overrides=overrides))
+
+
+@pytest.fixture(scope="session")
+def smoke_stages(smoke_world: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """Stages 00-03 of the smoke split run once in-process: (world, run_root)."""
+    run_root = tmp_path_factory.mktemp("stages") / "smoke"
+    run_stages_in_process(smoke_world, run_root, ["pretrain_clip", "finetune_clip", "propose_regions",
+                                                  "extract_features"])
+    return smoke_world, run_root

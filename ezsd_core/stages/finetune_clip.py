@@ -135,7 +135,7 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
     log.info("training %d LayerNorm parameters of the %s tower(s)", n_train, "+".join(cfg.towers))
     params = [p for p in model.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # constant LR, as the reference
-    scale, rows, step = model.logit_scale, [], 0
+    scale, rows, step = cfg.loss_logit_scale or model.logit_scale, [], 0
     gen = torch.Generator().manual_seed(cfg.seed)
     text_frozen = "text" not in cfg.towers
     fixed_text = clip.encode_texts(model, names, cfg.prompt_templates).detach() if text_frozen else None

@@ -214,7 +214,7 @@ def recipe(cfg: PretrainClipConfig) -> dict:
     iconic = {k: world["spec"][k] for k in ("seed", "num_iconic", "iconic_size")}
     return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
             "seed": cfg.seed, "iconic": iconic, "categories": world["categories"],
-            "world_schema": world["schema_version"]}
+            "iconic_version": world["iconic_version"]}
 
 
 def shipped_teacher() -> Path:

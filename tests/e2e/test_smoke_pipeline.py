@@ -39,6 +39,10 @@ def test_every_stage_completes_with_its_outputs(smoke_run) -> None:
             assert artefacts.sha256_file(folder / o["path"]) == o["sha256"]
     metrics = json.loads((artefacts.stage_dir(run_root, "pretrain_clip") / "metrics.json").read_text())
     assert 0.0 <= metrics["iconic/top1"] <= 1.0 and 0.0 <= metrics["scene_crop/top1"] <= 1.0
+    final = json.loads((artefacts.stage_dir(run_root, "evaluate") / "metrics.json").read_text())
+    for subset in ("base", "novel", "all"):
+        assert 0.0 <= final[f"bbox/AP50_{subset}"] <= 1.0 or final[f"bbox/AP50_{subset}"] == -1.0
+        assert f"segm/AP_{subset}" in final
 
 
 def test_running_again_skips_everything_and_touches_nothing(smoke_run) -> None:

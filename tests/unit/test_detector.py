@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ezsd_core import detector
+
+
+def _spec(**changes) -> detector.DetectorSpec:
+    base = dict(backbone="toy", imagenet_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
+                max_size=64, anchor_sizes=(8, 16, 32, 64, 128), anchor_ratios=(0.5, 1.0, 2.0), rpn_pre_nms_train=100,
+                rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50, rpn_batch_size=32,
+                roi_batch_size=16, roi_positive_fraction=0.25, head_shared_convs=1, head_branch_convs=1,
+                head_conv_dim=8, head_fc_dim=32, mask_head_convs=1, mask_head_dim=8, embed_dim=16,
+                temperature_init=20.0, classifier_loss="softmax", box_loss_weight=1.0, distill_weight=1.0,
+                score_thresh=0.0, nms_thresh=0.5, detections_per_img=20)
+    return detector.DetectorSpec(**{**base, **changes})
+
+
+def _batch(n_gt: int):
+    masks = torch.zeros(n_gt, 64, 64, dtype=torch.uint8)
+    boxes = torch.tensor([[8.0, 8, 30, 30], [30, 20, 60, 50]])[:n_gt]
+    for m, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+        m[y1:y2, x1:x2] = 1
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 3])[:n_gt], "masks": masks}]
+    distill = [{"boxes": torch.tensor([[4.0, 4, 40, 40]]), "embeds": torch.randn(1, 16), "weights": torch.ones(1)}]
+    return [torch.rand(3, 64, 64)], targets, distill
+
+
+@pytest.fixture
+def model() -> detector.EzsdDetector:
+    torch.manual_seed(0)
+    return detector.build_detector(_spec(), torch.nn.functional.normalize(torch.randn(3, 16), dim=-1))
+
+
+def test_training_returns_every_loss_and_detections(model) -> None:
+    images, targets, distill = _batch(2)
+    out = model.train()(images, targets, distill, return_detections=True)
+    assert set(out.losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask",
+                               "loss_distill"}
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    sum(out.losses.values()).backward()
+    assert model.roi_heads.box_predictor.log_temperature.grad is not None
+    d = model.eval()(images, return_detections=True).detections[0]
+    assert d["boxes"].shape[1] == 4 and d["labels"].min() >= 1 and d["labels"].max() <= 3
+    assert d["masks"].shape[1:] == (1, 64, 64)
+
+
+def test_negative_image_has_zero_box_and_mask_losses(model) -> None:
+    images, targets, distill = _batch(0)
+    out = model.train()(images, targets, distill)
+    assert out.losses["loss_box_reg"].item() == 0.0 and out.losses["loss_mask"].item() == 0.0
+    assert out.losses["loss_classifier"].item() > 0
+
+
+def test_distill_boxes_are_resized_into_the_frame_of_the_gt_boxes() -> None:
+    m = detector.build_detector(_spec(min_size=(128,), max_size=128), torch.randn(3, 16)).train()
+    seen = {}
+
+    def spy(features, proposals, image_shapes, targets=None, distill=None, want_detections=False):
+        seen["gt"], seen["distill"] = targets[0]["boxes"], distill[0]["boxes"]
+        return {}, None
+
+    m.roi_heads.forward = spy
+    images, targets, distill = _batch(2)
+    distill[0]["boxes"] = targets[0]["boxes"].clone()
+    m(images, targets, distill)
+    assert torch.allclose(seen["gt"], seen["distill"]) and seen["gt"].max() > 64, "both were scaled x2"
+
+
+def test_vocabulary_swap_keeps_background_and_temperature(model) -> None:
+    before = model.roi_heads.box_predictor.background.weight.clone()
+    model.set_vocabulary(torch.randn(7, 16))
+    assert model.roi_heads.box_predictor.num_classes == 7 and torch.equal(before, model.roi_heads.box_predictor.background.weight)
+    d = model.eval()(_batch(2)[0], return_detections=True).detections[0]
+    assert d["labels"].max() <= 7
+
+
+def test_losses_need_train_mode_and_bad_specs_are_refused(model) -> None:
+    images, targets, _ = _batch(2)
+    with pytest.raises(ValueError, match="model.train"):
+        model.eval()(images, targets)
+    with pytest.raises(ValueError, match="classifier_loss must be one of"):
+        detector.build_detector(_spec(classifier_loss="focal"), torch.randn(3, 16))
+
+
+def test_seesaw_detector_trains_and_detects() -> None:
+    m = detector.build_detector(_spec(classifier_loss="seesaw"), torch.randn(3, 16))
+    images, targets, distill = _batch(2)
+    assert torch.isfinite(sum(m.train()(images, targets, distill).losses.values()))
+    assert len(m.eval()(images, return_detections=True).detections[0]["scores"]) > 0
