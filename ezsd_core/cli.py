@@ -1,4 +1,4 @@
-"""The ``ezsd`` console script: ``run``, ``report``, ``toyworld``.
+"""The ``ezsd`` console script: ``run``, ``report``, ``predict``, ``toyworld``.
 
 Role: argument parsing and error reporting only. Params problems print one line and exit 2
 before any heavy import (torch is never imported to validate a params file); a failing stage
@@ -8,6 +8,7 @@ exits 1 naming its executed notebook. Layer 4.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -44,6 +45,27 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from ezsd_core import predict
+
+    paths = predict.image_paths(args.images)
+    predictor = predict.Predictor.from_run(args.run, device=args.device, score_thresh=args.score_thresh,
+                                           max_detections=args.max_detections)
+    results = predictor(paths, args.names.split(","))
+    payload = [r.to_json() for r in results]
+    if args.out:
+        artefacts.atomic_write_json(args.out, payload)
+        print(f"{sum(len(p['detections']) for p in payload)} detections on {len(payload)} images -> {args.out}")
+    else:
+        print(json.dumps(payload, indent=1))
+    if args.fiftyone:
+        from ezsd_core import viz
+
+        ds = viz.predictions_dataset(results, args.fiftyone)
+        print(f"FiftyOne dataset {ds.name!r} ({len(ds)} samples, persistent); open it with fo.load_dataset")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ezsd`` (subcommands ``run`` and ``toyworld``)."""
     p = argparse.ArgumentParser(prog="ezsd", description="EZSD zero-shot detection pipeline (arXiv 2303.12145)")
@@ -61,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
     rep.add_argument("params", type=Path, help="params/<split>.yaml")
     rep.set_defaults(func=_report)
+    pr = sub.add_parser("predict", help="detect any category names on any images with a trained run")
+    pr.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")
+    pr.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
+    pr.add_argument("--names", required=True, help="comma-separated category names, e.g. 'heart,star,kite'")
+    pr.add_argument("--out", type=Path, help="write the detections as JSON here (default: print them)")
+    pr.add_argument("--fiftyone", metavar="NAME", help="also save a persistent FiftyOne dataset with this name")
+    pr.add_argument("--score-thresh", type=float, default=0.3)
+    pr.add_argument("--max-detections", type=int, default=100)
+    pr.add_argument("--device", default="cpu")
+    pr.set_defaults(func=_predict)
     t = sub.add_parser("toyworld", help="generate the procedural shapes world (images + COCO/LVIS JSON)")
     t.add_argument("out", type=Path, help="output folder, e.g. data/toy")
     t.add_argument("--seed", type=int)
@@ -82,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, artefacts.MissingArtefactError, FileExistsError) as e:
+    except (ConfigError, artefacts.MissingArtefactError, FileExistsError, ValueError) as e:
         print(f"ezsd: error: {e}", file=sys.stderr)
         return 2
     except pipeline.StageFailed as e:  # one line naming the executed notebook with the error cell

@@ -24,7 +24,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
+from torchvision.ops import (
+    FeaturePyramidNetwork,
+    MultiScaleRoIAlign,
+    batched_nms,
+    clip_boxes_to_image,
+    remove_small_boxes,
+)
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ezsd_core import losses
@@ -306,7 +312,8 @@ class EzsdRoIHeads(RoIHeads):
         if want_detections:
             detections = self._detect(features, proposals, image_shapes)
             if self.has_mask():
-                for det, m in zip(detections, self._forward_mask(features, image_shapes, [d["boxes"] for d in detections])):
+                masks = self._forward_mask(features, image_shapes, [d["boxes"] for d in detections])
+                for det, m in zip(detections, masks):
                     det["masks"] = m
         return result, detections
 
@@ -331,7 +338,8 @@ class EzsdDetector(nn.Module):
         self.transform = GeneralizedRCNNTransform(spec.min_size, spec.max_size, [0.485, 0.456, 0.406],
                                                   [0.229, 0.224, 0.225])
         self.backbone = BACKBONES[spec.backbone](spec)
-        anchors = AnchorGenerator(tuple((s,) for s in spec.anchor_sizes), (spec.anchor_ratios,) * len(spec.anchor_sizes))
+        sizes = tuple((s,) for s in spec.anchor_sizes)
+        anchors = AnchorGenerator(sizes, (spec.anchor_ratios,) * len(sizes))
         self.rpn = RegionProposalNetwork(
             anchors, RPNHead(self.backbone.out_channels, len(spec.anchor_ratios)), 0.7, 0.3, spec.rpn_batch_size, 0.5,
             {"training": spec.rpn_pre_nms_train, "testing": spec.rpn_pre_nms_test},

@@ -188,7 +188,7 @@ def detections_on_images(stage_path: Path | str, num_images: int = 4, min_score:
     fig, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.2 * max(len(shown), 1), 3.4), squeeze=False)
     for ax, rec in zip(axes[0], shown):
         ax.imshow(Image.open(rec.file_name))
-        for (x1, y1, x2, y2), cid in zip(rec.gt_boxes.tolist(), rec.gt_category_ids.tolist()):
+        for x1, y1, x2, y2 in rec.gt_boxes.tolist():
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2, ls="--"))
         for d in dets:
             if d["image_id"] != rec.image_id or d["score"] < min_score:

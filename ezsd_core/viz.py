@@ -89,3 +89,64 @@ def launch(dataset, port: int = 5151):
     import fiftyone as fo
 
     return fo.launch_app(dataset, remote=True, address="127.0.0.1", port=port, auto=False)
+
+
+def predictions_dataset(predictions, name: str, persistent: bool = True):
+    """A FiftyOne dataset of ``predict.Prediction`` results (field ``predictions``, labels = names)."""
+    import fiftyone as fo
+    from PIL import Image
+
+    ds = fo.Dataset(name, overwrite=True)
+    ds.persistent = persistent
+    samples = []
+    for p in predictions:
+        with Image.open(p.image) as im:
+            width, height = im.size
+        dets = [fo.Detection(label=n, bounding_box=b, confidence=float(s))
+                for n, b, s in zip(p.names, relative_xywh(p.boxes, width, height), p.scores.tolist())]
+        samples.append(fo.Sample(filepath=str(Path(p.image).resolve()), predictions=fo.Detections(detections=dets)))
+    ds.add_samples(samples)
+    return ds
+
+
+def detections_dataset(run_root: Path | str, *, max_samples: int = 200, min_score: float = 0.05):
+    """The regions dataset's images with stage-05 detections added (``detections``, tagged base/novel),
+    evaluated against the GT with FiftyOne's COCO protocol (eval key ``eval``).
+
+    Returns:
+        (dataset, per-class table): rows ``{"class", "role", "AP"}`` sorted by role then AP.
+
+    Raises:
+        MissingArtefactError: stage 05 is not complete.
+    """
+    import json
+
+    import fiftyone as fo
+
+    manifest = artefacts.require_complete(run_root, "evaluate")
+    cfg = config.load_config(config.EvaluateConfig, manifest["config"])
+    split, records = data.read_config_records(cfg, "val")
+    dets: dict[int, list[dict]] = {}
+    for d in json.loads((artefacts.stage_dir(run_root, "evaluate") / "detections.json").read_text()):
+        if d["score"] >= min_score:
+            dets.setdefault(d["image_id"], []).append(d)
+    name = f"ezsd-{cfg.split}-detections-{manifest['config_hash'].split(':')[1][:8]}"
+    ds = fo.Dataset(name, overwrite=True)
+    samples = []
+    for rec in records[:max_samples]:
+        sample = fo.Sample(filepath=str(Path(rec.file_name).resolve()), image_id=rec.image_id)
+        sample["ground_truth"] = to_fo_detections(rec.gt_boxes, rec.gt_category_ids.tolist(), split,
+                                                  rec.width, rec.height)
+        mine = dets.get(rec.image_id, [])
+        boxes = torch.tensor([d["bbox"] for d in mine], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # COCO XYWH -> XYXY
+        sample["detections"] = to_fo_detections(boxes, [d["category_id"] for d in mine], split, rec.width,
+                                                rec.height, scores=[d["score"] for d in mine])
+        samples.append(sample)
+    ds.add_samples(samples)
+    results = ds.evaluate_detections("detections", gt_field="ground_truth", eval_key="eval", method="coco",
+                                     compute_mAP=True)
+    names = {split.name_of(c): split.role_of(c) for c in split.ids("all")}
+    table = [{"class": n, "role": names[n], "AP": round(float(results.mAP([n])), 4)}
+             for n in names if n in results.classes]
+    return ds, sorted(table, key=lambda r: (r["role"], -r["AP"]))

@@ -71,7 +71,8 @@ def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tens
         if len(batch) == batch_size or i == len(records) - 1:
             dets = model([b[1] for b in batch], return_detections=True).detections
             for (image_id, _), d in zip(batch, dets):
-                out.append(structures.from_tv_output({k: v.cpu() for k, v in d.items()}, image_id, category_ids.tolist()))
+                cpu = {k: v.cpu() for k, v in d.items()}
+                out.append(structures.from_tv_output(cpu, image_id, category_ids.tolist()))
             batch = []
     return out
 

@@ -135,8 +135,8 @@ class DistillDataset(torch.utils.data.Dataset):
         image = data.read_image(r.file_name).float() / 255
         masks = torch.from_numpy(mask_utils.decode(r.gt_masks)).permute(2, 0, 1) if r.gt_masks else \
             torch.zeros(0, r.height, r.width, dtype=torch.uint8)
-        target = {"boxes": r.gt_boxes.clone(), "labels": torch.tensor([self.label_of[int(c)] for c in r.gt_category_ids],
-                                                                       dtype=torch.int64), "masks": masks}
+        labels = torch.tensor([self.label_of[int(c)] for c in r.gt_category_ids], dtype=torch.int64)
+        target = {"boxes": r.gt_boxes.clone(), "labels": labels, "masks": masks}
         distill = None
         if self.feats is not None:
             shard, pos = self.feats[r.image_id]

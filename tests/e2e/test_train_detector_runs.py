@@ -68,6 +68,7 @@ def test_two_gloo_processes_train_with_ddp(smoke_stages, tmp_path: Path) -> None
     assert out.returncode == 0, out.stderr[-3000:]
     m = artefacts.require_complete(ddp, "train_detector")
     assert m["summary"]["processes"] == 2 and m["summary"]["steps"] == 6
-    rows = [json.loads(x) for x in (artefacts.stage_dir(ddp, "train_detector") / "train_log.jsonl").read_text().splitlines()]
+    log = artefacts.stage_dir(ddp, "train_detector") / "train_log.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(r["loss"] > 0 and r["loss"] < 1e3 for r in rows) and "loss_distill" in rows[0]

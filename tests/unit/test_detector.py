@@ -71,7 +71,8 @@ def test_distill_boxes_are_resized_into_the_frame_of_the_gt_boxes() -> None:
 def test_vocabulary_swap_keeps_background_and_temperature(model) -> None:
     before = model.roi_heads.box_predictor.background.weight.clone()
     model.set_vocabulary(torch.randn(7, 16))
-    assert model.roi_heads.box_predictor.num_classes == 7 and torch.equal(before, model.roi_heads.box_predictor.background.weight)
+    predictor = model.roi_heads.box_predictor
+    assert predictor.num_classes == 7 and torch.equal(before, predictor.background.weight)
     d = model.eval()(_batch(2)[0], return_detections=True).detections[0]
     assert d["labels"].max() <= 7
 

@@ -36,7 +36,8 @@ def test_classify_uses_cosine_softmax() -> None:
 
 def _cfg(rule: str, **kw) -> config.ExtractFeaturesConfig:
     base = dict(split="smoke", data_root="d", train_annotations="a", val_annotations="b", train_images="t",
-                val_images="v", run_root="r", seed=0, region_source="clip_regions", iou_filter_gt="base", iou_thresh=0.3, subset_rule=rule,
+                val_images="v", run_root="r", seed=0, region_source="clip_regions", iou_filter_gt="base",
+                iou_thresh=0.3, subset_rule=rule,
                 num_candidates=6, max_regions=3, crop_scale=1.2, crops_per_batch=4)
     return config.ExtractFeaturesConfig(**{**base, **kw})
 

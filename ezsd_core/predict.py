@@ -1,0 +1,126 @@
+"""Open-vocabulary inference: detect any category names on any images with a trained run.
+
+    predictor = Predictor.from_run("runs/toy_coco")
+    results = predictor(["a.png", "b.png"], ["heart", "star", "kite"])
+
+The names are embedded with the run's own (LayerNorm-tuned) CLIP and the run's prompt templates,
+then swapped into the detector's classifier, exactly as stage 05 does with base + novel names.
+Reads: ``01_finetune_clip`` and ``04_train_detector`` of a run. Layer 4: imports layers 0-2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import UnidentifiedImageError
+from torch import Tensor
+
+from ezsd_core import artefacts, clip, data, detector, runtime
+from ezsd_core.config import FinetuneClipConfig, load_config
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Detections on one image.
+
+    Attributes:
+        image: the image path.
+        boxes: (P, 4) float32 XYXY absolute pixels; scores: (P,); names: P category names.
+        masks: (P, H, W) bool, or None for a detector without masks.
+    """
+
+    image: str
+    boxes: Tensor
+    scores: Tensor
+    names: list[str]
+    masks: Tensor | None
+
+    def to_json(self) -> dict:
+        """``{"image", "detections": [{"name", "score", "bbox": [x1, y1, x2, y2]}]}`` (no masks)."""
+        return {"image": self.image, "detections": [
+            {"name": n, "score": round(float(s), 4), "bbox": [round(v, 2) for v in b]}
+            for n, s, b in zip(self.names, self.scores.tolist(), self.boxes.tolist())]}
+
+
+def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files and folders (their images, sorted) -> image paths.
+
+    Raises:
+        ValueError: an input that does not exist, or no image at all.
+    """
+    out: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            out += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise ValueError(f"images: {item} does not exist")
+    if not out:
+        raise ValueError(f"images: no image files ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+    return out
+
+
+class Predictor:
+    """A trained run's detector and CLIP, ready to detect any names. Build with ``from_run``."""
+
+    def __init__(self, model: detector.EzsdDetector, text_model: clip.Clip, templates: Sequence[str],
+                 device: torch.device):
+        self.model, self.text_model, self.templates, self.device = model, text_model, tuple(templates), device
+
+    @classmethod
+    def from_run(cls, run_dir: Path | str, *, device: str = "cpu", score_thresh: float = 0.3,
+                 max_detections: int = 100) -> Predictor:
+        """Load a run's detector (stage 04) and tuned CLIP (stage 01).
+
+        Raises:
+            MissingArtefactError: the run has no complete ``train_detector`` (or ``finetune_clip``).
+        """
+        from safetensors.torch import load_file
+
+        run_dir = Path(run_dir)
+        dev = runtime.resolve_device(device)
+        trained = artefacts.require_complete(run_dir, "train_detector")
+        finetune = artefacts.require_complete(run_dir, "finetune_clip")
+        spec = detector.DetectorSpec(**{**trained["detector"], "min_size": tuple(trained["detector"]["min_size"]),
+                                        "score_thresh": score_thresh, "detections_per_img": max_detections})
+        state = load_file(str(artefacts.stage_dir(run_dir, "train_detector") / "model.safetensors"))
+        model = detector.build_detector(spec, state["roi_heads.box_predictor.text_embeds"])
+        model.load_state_dict(state)
+        text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
+        templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates
+        return cls(model.to(dev).eval(), text_model, templates, dev)
+
+    @torch.no_grad()
+    def __call__(self, images: Sequence[str | Path], names: Sequence[str]) -> list[Prediction]:
+        """Detect ``names`` on each image.
+
+        Args:
+            images: image files (any size; RGB or convertible).
+            names: category names, any number, e.g. ["heart", "star"].
+
+        Raises:
+            ValueError: an empty vocabulary, or an unreadable image (named).
+        """
+        names = [n.strip() for n in names if n.strip()]
+        if not names:
+            raise ValueError("names: give at least one category name, e.g. --names 'heart,star'")
+        self.model.set_vocabulary(clip.encode_texts(self.text_model, names, self.templates))
+        out = []
+        for path in map(Path, images):
+            try:
+                image = data.read_image(path).float().div(255).to(self.device)
+            except (OSError, UnidentifiedImageError) as e:
+                raise ValueError(f"images: cannot read {path} ({e.__class__.__name__}: {e})") from None
+            det = self.model([image], return_detections=True).detections[0]
+            masks = det.get("masks")
+            out.append(Prediction(image=str(path), boxes=det["boxes"].cpu(), scores=det["scores"].cpu(),
+                                  names=[names[int(k) - 1] for k in det["labels"].cpu()],
+                                  masks=None if masks is None else masks[:, 0].cpu() > 0.5))
+        return out
+
