@@ -66,6 +66,13 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ablate(args: argparse.Namespace) -> int:
+    from ezsd_core import ablation
+
+    ablation.ablate(args.params, overrides=tuple(args.set or ()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ezsd`` (subcommands ``run`` and ``toyworld``)."""
     p = argparse.ArgumentParser(prog="ezsd", description="EZSD zero-shot detection pipeline (arXiv 2303.12145)")
@@ -83,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
     rep.add_argument("params", type=Path, help="params/<split>.yaml")
     rep.set_defaults(func=_report)
+    ab = sub.add_parser("ablate", help="full EZSD vs no distillation / untuned-CLIP regions / random boxes")
+    ab.add_argument("params", type=Path, help="params/<split>.yaml (e.g. params/toy_coco.yaml)")
+    ab.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant")
+    ab.set_defaults(func=_ablate)
     pr = sub.add_parser("predict", help="detect any category names on any images with a trained run")
     pr.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")
     pr.add_argument("--images", nargs="+", required=True, help="image files and/or folders")

@@ -124,6 +124,7 @@ class ProposeRegionsConfig(CommonConfig):
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip",)
     SHARD_DIR: ClassVar[str] = "regions"
 
+    clip_layernorms: str = knob(choices=("tuned", "original"))  # original: score with the CLIP before stage 01
     resize_min_side: int = knob(lo=1)  # anchors live on the image resized to this short side ...
     resize_max_side: int = knob(lo=1)  # ... with the long side capped here (800 / 1333 in the reference)
     anchor_stride: int = knob(lo=1)  # px of the resized image between anchor centres

@@ -201,3 +201,31 @@ def detections_on_images(stage_path: Path | str, num_images: int = 4, min_score:
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def ablation_table(table: dict, keys: tuple[str, ...]) -> str:
+    """A Markdown table of ablation variants (rows) by metric keys (columns)."""
+    lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for row in table.values():
+        cells = [f"{row.get(k):.3f}" if isinstance(row.get(k), float) else "n/a" for k in keys]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_chart(table: dict, keys: tuple[str, ...]):
+    """Grouped bars of the ablation variants for each metric key; returns the Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(keys))
+    width = 0.8 / max(len(table), 1)
+    fig, ax = plt.subplots(figsize=(2.2 * len(keys) + 2, 3.2))
+    for n, row in enumerate(table.values()):
+        vals = [row.get(k) if isinstance(row.get(k), float) else 0.0 for k in keys]
+        bars = ax.bar(x + (n - (len(table) - 1) / 2) * width, vals, width, label=row["label"])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(x, keys)
+    ax.set_ylabel("AP50")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -186,6 +186,25 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     return StageResult(out, False, manifest["summary"])
 
 
+def scoring_clip(cfg: ProposeRegionsConfig, device: torch.device) -> tuple[clip.Clip, Tensor, Tensor]:
+    """The CLIP that scores regions, its (C, D) proposal-vocabulary text embeddings and their (C,) ids.
+
+    ``clip_layernorms: original`` uses the CLIP before stage 01's tuning (an ablation); text
+    embeddings are then recomputed with it from stage 01's prompt templates.
+    """
+    folder = artefacts.stage_dir(cfg.run_root, "finetune_clip")
+    model, text = clip.load_tuned(folder, device)
+    if cfg.clip_layernorms == "original":
+        record, ft = artefacts.read_manifest(folder)["clip"], artefacts.read_manifest(folder)["config"]
+        model = clip.build_clip(record["model_name"], record["pretrained"],
+                                allow_random_init=record["pretrained"] is None, device=device)
+        names = [data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).name_of(int(c))
+                 for c in text["proposal_category_ids"]]
+        with torch.no_grad():
+            text["proposal"] = clip.encode_texts(model, names, ft["prompt_templates"])
+    return model, text["proposal"].to(device), text["proposal_category_ids"]
+
+
 def run(cfg: ProposeRegionsConfig) -> StageResult:
     """Propose regions for this shard's images (resuming finished parts); finalise when all shards exist."""
     started = artefacts.utc_now()
@@ -202,8 +221,7 @@ def run(cfg: ProposeRegionsConfig) -> StageResult:
     if cfg.force or not shards.is_current(path, key):
         if cfg.force:
             shards.discard_parts(path)
-        model, text = clip.load_tuned(artefacts.stage_dir(cfg.run_root, "finetune_clip"), device)
-        emb, ids = text["proposal"].to(device), text["proposal_category_ids"]
+        model, emb, ids = scoring_clip(cfg, device)
         items = work_items(cfg)[cfg.shard_index::cfg.num_shards]
         bar = tqdm(total=len(items), desc=f"propose_regions shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)

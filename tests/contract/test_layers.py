@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "viz": LAYER0 | LAYER1,
     "predict": LAYER0 | LAYER1 | LAYER2,
     "distributed": LAYER0 | {"pipeline"},
-    "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed"},
+    "ablation": LAYER0 | {"pipeline", "report"},
+    "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed", "viz", "ablation"},
     "__init__": set(),
 }
 NO_TORCH = ("torch", "torchvision", "open_clip", "timm", "safetensors")
