@@ -153,10 +153,6 @@ class EmbeddingBoxHead(nn.Module):
 
         self.cls_branch, self.reg_branch = branch(), branch()
 
-    def classification_features(self, x: Tensor) -> Tensor:
-        """(R, C, 7, 7) -> (R, fc_dim): the branch that feeds the embedding (and distillation)."""
-        return self.cls_branch(self.shared(x))
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         shared = self.shared(x)
         return self.cls_branch(shared), self.reg_branch(shared)
@@ -246,16 +242,25 @@ class EzsdRoIHeads(RoIHeads):
     def _classification_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return self.seesaw(logits, labels) if self.seesaw is not None else nn.functional.cross_entropy(logits, labels)
 
-    def _forward_box(self, features, proposals, image_shapes, targets):
-        """Training losses on sampled RoIs (when targets are given); returns (losses, sampled, labels, idxs)."""
+    def _forward_box(self, features, proposals, image_shapes, targets, distill=None):
+        """Training losses on sampled RoIs; distillation boxes (if any) share the same RoIAlign and head
+        pass (one call for both RoI sets is what keeps distillation cheap). Returns (losses, sampled
+        proposals, their labels, matched GT indices, distillation embeddings or None)."""
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        cls_f, reg_f = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        extra = [d["boxes"] for d in distill] if distill is not None else [p[:0] for p in proposals]
+        boxes = [torch.cat([p, e]) for p, e in zip(proposals, extra)]
+        sampled = torch.cat([torch.cat([torch.ones(len(p), dtype=torch.bool, device=p.device),
+                                        torch.zeros(len(e), dtype=torch.bool, device=p.device)])
+                             for p, e in zip(proposals, extra)])
+        shared = self.box_head.shared(self.box_roi_pool(features, boxes, image_shapes))
+        embeds = self.box_predictor.embed(self.box_head.cls_branch(shared))
+        reg_f = self.box_head.reg_branch(shared[sampled])
         labels_all, targets_all = torch.cat(labels), torch.cat(regression_targets)
-        logits = self.box_predictor.classify(self.box_predictor.embed(cls_f))
+        logits = self.box_predictor.classify(embeds[sampled])
         deltas = self.box_predictor.box_deltas(reg_f, labels_all)
         result = {"loss_classifier": self._classification_loss(logits, labels_all),
                   "loss_box_reg": self.box_loss_weight * losses.box_regression_loss(deltas, targets_all, labels_all)}
-        return result, proposals, labels, matched_idxs
+        return result, proposals, labels, matched_idxs, (embeds[~sampled] if distill is not None else None)
 
     @torch.no_grad()
     def _detect(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
@@ -287,27 +292,26 @@ class EzsdRoIHeads(RoIHeads):
             return maskrcnn_inference(mask_logits, zeros)
         return maskrcnn_loss(mask_logits, boxes, [t["masks"] for t in targets], zeros, matched_idxs)
 
-    def _forward_distill(self, features, image_shapes, distill: list[dict[str, Tensor]]) -> Tensor:
-        """Distillation (spec §5.3): embed ``distill[i]["boxes"]`` (transformed-image XYXY) with the box
-        head and compare with ``embeds`` (L2-normalised CLIP targets), weighted by ``weights``."""
-        pooled = self.box_roi_pool(features, [d["boxes"] for d in distill], image_shapes)
-        embeds = self.box_predictor.embed(self.box_head.classification_features(pooled))
+    def _forward_distill(self, embeds: Tensor, distill: list[dict[str, Tensor]]) -> Tensor:
+        """Distillation loss (spec §5.3): (M, D) region embeddings of ``distill[i]["boxes"]`` (from
+        ``_forward_box``) against the L2-normalised CLIP ``embeds``, weighted by ``weights``, times lambda."""
         target = nn.functional.normalize(torch.cat([d["embeds"] for d in distill]).float(), dim=-1)
-        loss = losses.distill_loss(embeds, target, torch.cat([d["weights"] for d in distill]))
-        return self.distill_weight * loss
+        weights = torch.cat([d["weights"] for d in distill])
+        return self.distill_weight * losses.distill_loss(embeds, target, weights)
 
     def forward(self, features, proposals, image_shapes, targets=None, distill=None, want_detections=False):
         """Returns (losses, detections or None); losses need ``targets`` (and ``distill`` for loss_distill)."""
         result: dict[str, Tensor] = {}
         if targets is not None:
-            box_losses, sampled, labels, matched = self._forward_box(features, proposals, image_shapes, targets)
+            box_losses, sampled, labels, matched, distill_embeds = self._forward_box(
+                features, proposals, image_shapes, targets, distill)
             result.update(box_losses)
             if self.has_mask():
                 pos = [torch.where(lab > 0)[0] for lab in labels]
                 result["loss_mask"] = self._forward_mask(features, image_shapes, [s[p] for s, p in zip(sampled, pos)],
                                                          targets, [m[p] for m, p in zip(matched, pos)])
             if distill is not None:
-                result["loss_distill"] = self._forward_distill(features, image_shapes, distill)
+                result["loss_distill"] = self._forward_distill(distill_embeds, distill)
         detections = None
         if want_detections:
             detections = self._detect(features, proposals, image_shapes)

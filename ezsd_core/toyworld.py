@@ -72,7 +72,7 @@ class WorldSpec:
     """
 
     seed: int = 0
-    num_train: int = 2000
+    num_train: int = 1200
     num_val: int = 200
     num_iconic: int = 12000
     num_iconic_heldout: int = 1200
