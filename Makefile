@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export FIFTYONE_DO_NOT_TRACK ?= true
 export MPLBACKEND ?= Agg
 
-.PHONY: setup demo test test-fast lab toyworld clean-runs
+.PHONY: setup demo test test-fast lab toyworld reproduce-toy clean-runs
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ toyworld: $(STAMP)
 demo: toyworld
 	$(EZSD) run params/$(SPLIT).yaml
 	$(EZSD) report params/$(SPLIT).yaml
+
+reproduce-toy: toyworld
+	$(EZSD) ablate params/toy_coco.yaml
+	$(EZSD) run params/toy_lvis.yaml
+	$(EZSD) report params/toy_lvis.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -34,7 +34,10 @@ def _toyworld(args: argparse.Namespace) -> int:
     changes = {k: v for k, v in vars(args).items() if k in toyworld.WorldSpec.__dataclass_fields__ and v is not None}
     spec = toyworld.WorldSpec(**{**spec.__dict__, **changes})
     out = toyworld.generate(args.out, spec, force=args.force)
-    print(f"toy world in {out}: {(out / 'world.json').stat().st_size} bytes of index, spec {spec}")
+    info = json.loads((out / "world.json").read_text())
+    print(f"toy world in {out}: {spec.num_train} train / {spec.num_val} val scenes of {spec.image_size} px "
+          f"({info['counts']['train']['coco_objects']} / {info['counts']['val']['coco_objects']} objects in the COCO "
+          f"version; an LVIS version beside it), {spec.num_iconic} + {spec.num_iconic_heldout} iconic pairs")
     return 0
 
 

@@ -89,11 +89,12 @@ class DetectorOutput:
 
 class ToyBackbone(nn.Module):
     """A small conv net with an FPN for 128 px toy scenes: stem 16 (stride 2), stages 32-64-128-256
-    (stride 4-32, two conv-BN-ReLU each); FPN outputs '0'..'3' and 'pool'."""
+    (stride 4-32, two conv-GroupNorm-ReLU each); FPN outputs '0'..'3' and 'pool'."""
 
     def __init__(self, fpn_channels: int, widths: tuple[int, ...] = (32, 64, 128, 256)):
         super().__init__()
-        block = lambda i, o, s: [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
+        # GroupNorm, not BatchNorm: a few images per step give BatchNorm poor statistics
+        block = lambda i, o, s: [nn.Conv2d(i, o, 3, s, 1, bias=False), nn.GroupNorm(8, o), nn.ReLU(inplace=True)]
         self.stem = nn.Sequential(*block(3, 16, 2))
         stages, c = [], 16
         for w in widths:

@@ -34,9 +34,10 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 4  # 2: val ids offset by VAL_ID_OFFSET; 3: varied iconic backgrounds; 4: scene camera
+SCHEMA_VERSION = 5  # 2: val ids offset; 3: varied iconic backgrounds; 4: scene camera; 5: larger objects
 ICONIC_VERSION = 1  # changes only when iconic images change (the shipped teacher depends on it)
 VAL_ID_OFFSET = 1_000_000
+RADIUS_RANGE = (0.15, 0.50)  # object radius as a share of the image side (log-uniform): ~60% medium objects
 SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: smooth edges, exact 0.5-coverage masks
 COLOR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 CAPTION_TEMPLATES = (
@@ -78,7 +79,7 @@ class WorldSpec:
     num_iconic_heldout: int = 1200
     image_size: int = 128
     iconic_size: int = 64
-    max_objects: int = 6
+    max_objects: int = 5
 
 
 # A world for tests and the smoke split: seconds to write, every code path present.
@@ -218,7 +219,7 @@ def render_scene(seed: int, size: int, category_weights: np.ndarray, max_objects
     drawn: list[tuple[int, np.ndarray]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         k = int(rng.choice(len(p), p=p))
-        radius = float(np.exp(rng.uniform(math.log(size * 0.05), math.log(size * 0.33))))
+        radius = float(np.exp(rng.uniform(math.log(size * RADIUS_RANGE[0]), math.log(size * RADIUS_RANGE[1]))))
         cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
         mask = _object_mask(CATEGORY_NAMES[k], cx, cy, radius, rng.uniform(0, 2 * math.pi),
                             rng.uniform(0.85, 1.15), size)
