@@ -60,7 +60,8 @@ def main() -> None:
     dim = 64
     spec = td.detector_spec(cfg, embed_dim=dim)
     text = torch.nn.functional.normalize(torch.randn(len(base), dim), dim=-1)
-    models = {"ezsd_distill": detector.build_detector(spec, text), "ezsd_no_distill": detector.build_detector(spec, text),
+    models = {"ezsd_distill": detector.build_detector(spec, text),
+              "ezsd_no_distill": detector.build_detector(spec, text),
               "torchvision_maskrcnn": plain_maskrcnn(spec, len(base))}
     dataset = td.DistillDataset(records, base, None, cfg)
     gen = torch.Generator().manual_seed(0)

@@ -2,10 +2,10 @@
 
 Role: method spec §1.3. A box (x1, y1, x2, y2) is enlarged by ``r`` around its centre, clipped to
 the image, zero-padded to a centred square and resized to the CLIP input size. ``crop_windows`` is
-the geometry (pure, exact integers); ``cut_crops`` cuts a whole batch of boxes from one decoded
-image tensor in one ``roi_align`` call (the fast path every stage uses); ``cut_crops_pil`` is the
+the geometry (pure, exact integers); ``cut_crops`` cuts every box of one decoded image tensor,
+resizing crops of equal shape together (the path every stage uses); ``cut_crops_pil`` is the
 per-crop PIL path of the reference, kept for tests and the benchmark.
-Layer 1: torch, torchvision.ops, PIL.
+Layer 1: torch, PIL.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
-from torchvision.ops import roi_align
+from torch import Tensor, nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -59,20 +58,12 @@ def square_windows(windows: Tensor) -> Tensor:
     return torch.stack([sx, sy, sx + side, sy + side], -1).double()
 
 
-def _coverage(lo: Tensor, hi: Tensor, start: Tensor, side: Tensor, size: int) -> Tensor:
-    """(N, size) fraction of each output bin (along one axis) that lies inside the crop [lo, hi)."""
-    edges = start[:, None] + side[:, None] * torch.arange(size + 1, dtype=torch.float64) / size
-    a, b = edges[:, :-1], edges[:, 1:]
-    inside = (torch.minimum(b, hi[:, None].double()) - torch.maximum(a, lo[:, None].double())).clamp(min=0)
-    return (inside / (b - a)).float()
-
-
 def cut_crops(image: Tensor, boxes: Tensor, *, scale: float, size: int, min_side: float = 0.0) -> Tensor:
-    """Cut all crops of one image in one batched call.
+    """Cut all crops of one image (spec §1.3), batched by crop shape.
 
-    Each square frame is resampled by ``roi_align`` (adaptive sampling averages several samples per
-    output pixel when downsampling, like an antialiased resize); output pixels outside the crop
-    window are zero, and pixels straddling its edge are weighted by the fraction inside.
+    Crops that share a (height, width) are zero-padded to their common square and resized in one
+    antialiased bicubic call (torch's antialiased bicubic follows PIL's, which the reference uses);
+    a grid of anchors has few distinct shapes, so an image needs a few dozen calls, not one per crop.
 
     Args:
         image: (3, H, W) uint8 or float RGB in [0, 255].
@@ -84,18 +75,23 @@ def cut_crops(image: Tensor, boxes: Tensor, *, scale: float, size: int, min_side
     Returns:
         (N, 3, S, S) float32 in [0, 1], not yet normalised (see ``normalize``).
     """
+    out = torch.zeros(len(boxes), 3, size, size)
     if len(boxes) == 0:
-        return image.new_zeros((0, 3, size, size), dtype=torch.float32)
-    _, h, w = image.shape
-    win = crop_windows(boxes, scale, h, w, min_side)
-    sq = square_windows(win)
-    rois = torch.cat([torch.zeros(len(sq), 1, dtype=torch.float64), sq], 1).to(torch.float32)
-    out = roi_align(image[None].float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
-    side = sq[:, 2] - sq[:, 0]
-    cov_x = _coverage(win[:, 0], win[:, 2], sq[:, 0], side, size)
-    cov_y = _coverage(win[:, 1], win[:, 3], sq[:, 1], side, size)
-    # bilinear samples of [0, 255] data stay in [0, 255]: one in-place multiply scales and masks
-    return out.mul_(cov_y[:, None, :, None] * cov_x[:, None, None, :] / 255.0)
+        return out
+    img = image.float()
+    win = crop_windows(boxes, scale, image.shape[1], image.shape[2], min_side)
+    hw = torch.stack([win[:, 3] - win[:, 1], win[:, 2] - win[:, 0]], 1)
+    shapes, group = torch.unique(hw, dim=0, return_inverse=True)
+    for g, (h, w) in enumerate(shapes.tolist()):
+        idx = (group == g).nonzero()[:, 0]
+        side = max(h, w)
+        oy, ox = (side - h) // 2, (side - w) // 2
+        canvas = img.new_zeros(len(idx), 3, side, side)
+        for j, (x_lo, y_lo, _, _) in zip(range(len(idx)), win[idx].tolist()):
+            canvas[j, :, oy:oy + h, ox:ox + w] = img[:, y_lo:y_lo + h, x_lo:x_lo + w]
+        out[idx] = nn.functional.interpolate(canvas, size=(size, size), mode="bicubic", antialias=True,
+                                             align_corners=False)
+    return out.clamp_(0, 255).div_(255.0)
 
 
 def cut_crops_pil(image: Image.Image, boxes: Tensor, *, scale: float, size: int, min_side: float = 0.0) -> Tensor:

@@ -34,10 +34,11 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 5  # 2: val ids offset; 3: varied iconic backgrounds; 4: scene camera; 5: larger objects
+SCHEMA_VERSION = 5  # 2: val ids offset; 3: varied iconic backgrounds; 4: scene camera; 5: larger objects, partial occlusion
 ICONIC_VERSION = 1  # changes only when iconic images change (the shipped teacher depends on it)
 VAL_ID_OFFSET = 1_000_000
-RADIUS_RANGE = (0.15, 0.50)  # object radius as a share of the image side (log-uniform): ~60% medium objects
+RADIUS_RANGE = (0.12, 0.40)  # object radius as a share of the image side (log-uniform)
+MIN_SEPARATION = 0.65  # centre distance >= this x (r1 + r2): occlusion stays partial
 SUPERSAMPLE = 3  # objects are drawn at 3x and box-filtered down: smooth edges, exact 0.5-coverage masks
 COLOR_WORDS = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 CAPTION_TEMPLATES = (
@@ -74,7 +75,7 @@ class WorldSpec:
 
     seed: int = 0
     num_train: int = 1200
-    num_val: int = 200
+    num_val: int = 500
     num_iconic: int = 12000
     num_iconic_heldout: int = 1200
     image_size: int = 128
@@ -217,10 +218,17 @@ def render_scene(seed: int, size: int, category_weights: np.ndarray, max_objects
     p = category_weights / category_weights.sum()
     visible: list[np.ndarray] = []
     drawn: list[tuple[int, np.ndarray]] = []
+    circles: list[tuple[float, float, float]] = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         k = int(rng.choice(len(p), p=p))
         radius = float(np.exp(rng.uniform(math.log(size * RADIUS_RANGE[0]), math.log(size * RADIUS_RANGE[1]))))
-        cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+        for _ in range(12):  # objects may overlap at their edges, not pile up (partial occlusion only)
+            cx, cy = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+            if all(math.hypot(cx - x, cy - y) >= MIN_SEPARATION * (radius + r) for x, y, r in circles):
+                break
+        else:
+            continue
+        circles.append((cx, cy, radius))
         mask = _object_mask(CATEGORY_NAMES[k], cx, cy, radius, rng.uniform(0, 2 * math.pi),
                             rng.uniform(0.85, 1.15), size)
         if mask.sum() < 12:

@@ -40,12 +40,14 @@ def test_batched_crops_agree_with_the_per_crop_pil_path() -> None:
     fast = crops.cut_crops(torch.from_numpy(arr.copy()).permute(2, 0, 1), boxes, scale=1.2, size=32)
     ref = crops.cut_crops_pil(Image.fromarray(arr), boxes, scale=1.2, size=32)
     assert fast.shape == ref.shape == (3, 3, 32, 32)
-    assert (fast - ref).abs().mean() < 0.03
+    assert (fast - ref).abs().mean() < 0.01
 
 
 def test_padding_is_zero_and_empty_input_is_fine() -> None:
     img = torch.full((3, 40, 40), 200, dtype=torch.uint8)
     out = crops.cut_crops(img, torch.tensor([[0.0, 10.0, 40.0, 20.0]]), scale=1.0, size=16)  # wide: pad rows
     assert out[0, :, 0].abs().max() == 0 and out[0, :, -1].abs().max() == 0
-    assert torch.allclose(out[0, :, 8], torch.full((3, 16), 200 / 255))
+    ref = crops.cut_crops_pil(Image.fromarray(img.permute(1, 2, 0).numpy()), torch.tensor([[0.0, 10.0, 40.0, 20.0]]),
+                              scale=1.0, size=16)
+    assert (out - ref).abs().max() < 0.02, "the same padding and bicubic resize as PIL"
     assert crops.cut_crops(img, torch.zeros(0, 4), scale=1.0, size=16).shape == (0, 3, 16, 16)
