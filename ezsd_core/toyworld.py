@@ -34,7 +34,7 @@ from ezsd_core import artefacts
 from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
-SCHEMA_VERSION = 5  # 2: val ids offset; 3: varied iconic backgrounds; 4: scene camera; 5: larger objects, partial occlusion
+SCHEMA_VERSION = 5  # bumped whenever generated scenes change (5: larger objects, partial occlusion)
 ICONIC_VERSION = 1  # changes only when iconic images change (the shipped teacher depends on it)
 VAL_ID_OFFSET = 1_000_000
 RADIUS_RANGE = (0.12, 0.40)  # object radius as a share of the image side (log-uniform)
