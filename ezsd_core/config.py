@@ -85,6 +85,8 @@ class PretrainClipConfig(CommonConfig):
     logit_scale_init: float = knob(lo=0.01, hi=100.0)  # initial exp(logit_scale); 1.0, not CLIP's 1/0.07 (README)
     logit_scale_lr: float = knob(lo=0.0)  # the scale must grow fast once embeddings spread
     augment_prob: float = knob(lo=0.0, hi=1.0)  # share of iconic images given crop-like zoom / aspect / noise
+    backbone_steps: int = knob(lo=0)  # the toy "ImageNet": detector backbone trained on iconic base images
+    backbone_lr: float = knob(lo=0.0)
     log_every: int = knob(lo=1, default=50)  # steps between loss/accuracy log rows
 
 
@@ -166,10 +168,9 @@ class TrainDetectorConfig(CommonConfig):
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
         "amp", "checkpoint_every", "log_every")
-    UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "extract_features")
 
     backbone: str = knob(choices=("toy", "resnet18", "resnet50", "resnet101"))
-    imagenet_backbone: bool  # ImageNet weights for resnet backbones (torchvision enum; needs them cached)
+    pretrained_backbone: bool  # resnet: torchvision ImageNet weights; toy: stage 00's iconic-pretrained one
     trainable_backbone_layers: int = knob(lo=0, hi=5)
     fpn_channels: int = knob(lo=8)
     min_sizes: tuple[int, ...] = knob(lo=16)  # training short sides (one drawn per batch); the last one at test
@@ -209,6 +210,10 @@ class TrainDetectorConfig(CommonConfig):
     amp: bool = False  # mixed precision on CUDA (ignored on CPU)
     checkpoint_every: int = knob(lo=1, default=500)
     log_every: int = knob(lo=1, default=20)
+
+    def upstream_stages(self) -> tuple[str, ...]:
+        toy_weights = ("pretrain_clip",) if self.backbone == "toy" and self.pretrained_backbone else ()
+        return (*toy_weights, "finetune_clip", *(("extract_features",) if self.distill_weight > 0 else ()))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -43,7 +43,7 @@ class DetectorSpec:
     """Every constructor argument of ``EzsdDetector`` (config stops at the stage boundary)."""
 
     backbone: str  # a key of BACKBONES
-    imagenet_backbone: bool  # ImageNet weights for resnet backbones (never downloaded in tests)
+    pretrained_backbone: bool  # resnet: torchvision ImageNet weights; toy: loaded by the caller (stage 04)
     trainable_backbone_layers: int
     fpn_channels: int
     min_size: tuple[int, ...]  # GeneralizedRCNNTransform: one drawn per training batch, the last at test
@@ -118,7 +118,7 @@ def _resnet(name: str):
 
         weights = {"resnet18": ResNet18_Weights.IMAGENET1K_V1, "resnet50": ResNet50_Weights.IMAGENET1K_V1,
                    "resnet101": ResNet101_Weights.IMAGENET1K_V1}[name]
-        return resnet_fpn_backbone(backbone_name=name, weights=weights if spec.imagenet_backbone else None,
+        return resnet_fpn_backbone(backbone_name=name, weights=weights if spec.pretrained_backbone else None,
                                    trainable_layers=spec.trainable_backbone_layers)
     return build
 

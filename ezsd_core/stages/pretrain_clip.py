@@ -26,12 +26,14 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, runtime, shards
+from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import PretrainClipConfig
 
 STAGE = "pretrain_clip"
 WEIGHTS = "open_clip_model.safetensors"
+BACKBONE = "backbone.safetensors"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the detector's normalisation
 PROMPT = "a photo of a {}"
 log = logging.getLogger(__name__)
 
@@ -136,6 +138,57 @@ def crop_like(images: Tensor, gen: torch.Generator, prob: float) -> Tensor:
     return torch.where(on, warped.clamp(0, 255), x)
 
 
+def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: PretrainClipConfig) -> dict[str, Tensor]:
+    """The toy world's "ImageNet" pretraining of the detector backbone (the real settings use
+    torchvision's ImageNet ResNet): supervised classification of iconic images of **base** categories
+    from globally pooled last-stage features. Half the images are shown as negatives, so the backbone
+    does not care about the scene camera's polarity (CLIP's gap is stage 01's business, not this one's).
+
+    Args:
+        images: (N, 3, S, S) uint8 iconic images; labels: (N,) int64 in 0..num_classes-1.
+
+    Returns:
+        The trunk's state dict (``stem.*``, ``stages.*``; the FPN is left to the detector) and the
+        classification head's (``head.*``, kept for evaluation only).
+    """
+    backbone = detector.ToyBackbone(fpn_channels=8)
+    head = nn.Linear(backbone.stages[-1][-3].out_channels, num_classes)
+    params = [*backbone.stem.parameters(), *backbone.stages.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    for step in tqdm(range(cfg.backbone_steps), desc="pretrain backbone", unit="step", mininterval=5):
+        factor = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.backbone_steps))
+        for g in opt.param_groups:
+            g["lr"] = cfg.backbone_lr * factor
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
+        x = crop_like(images[idx], gen, cfg.augment_prob) / 255
+        x = torch.where((torch.rand(len(x), generator=gen) < 0.5)[:, None, None, None], 1 - x, x)
+        feats = backbone.stem((x - mean) / std)
+        for stage in backbone.stages:
+            feats = stage(feats)
+        loss = nn.functional.cross_entropy(head(feats.mean((2, 3))), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    trunk = {k: v.detach() for k, v in backbone.state_dict().items() if not k.startswith("fpn.")}
+    return {**trunk, **{f"head.{k}": v.detach() for k, v in head.state_dict().items()}}
+
+
+@torch.no_grad()
+def backbone_top1(state: dict[str, Tensor], images: Tensor, labels: Tensor) -> float:
+    """Top-1 accuracy of a ``pretrain_backbone`` state (trunk + head) on (N, 3, S, S) uint8 images."""
+    backbone = detector.ToyBackbone(fpn_channels=8)
+    backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+    head = nn.Linear(state["head.weight"].shape[1], state["head.weight"].shape[0])
+    head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    feats = backbone.stem((images.float() / 255 - mean) / std)
+    for stage in backbone.stages:
+        feats = stage(feats)
+    return float((head(feats.mean((2, 3))).argmax(1) == labels).float().mean())
+
+
 def _param_groups(model: nn.Module, cfg: PretrainClipConfig) -> list[dict]:
     groups: dict[tuple[str, bool], list] = {}
     for name, p in model.named_parameters():
@@ -212,9 +265,10 @@ def recipe(cfg: PretrainClipConfig) -> dict:
     values = config.config_dict(cfg)
     world = json.loads((cfg.data_root / "world.json").read_text())
     iconic = {k: world["spec"][k] for k in ("seed", "num_iconic", "iconic_size")}
+    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).ids("base")
     return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
             "seed": cfg.seed, "iconic": iconic, "categories": world["categories"],
-            "iconic_version": world["iconic_version"]}
+            "iconic_version": world["iconic_version"], "backbone_classes": list(base)}
 
 
 def shipped_teacher() -> Path:
@@ -226,10 +280,28 @@ def _use_shipped(cfg: PretrainClipConfig, recipe_hash: str, out: Path) -> dict |
     record = artefacts.read_manifest(shipped_teacher())
     if cfg.force or record is None or record.get("recipe_hash") != recipe_hash:
         return None
-    with artefacts.atomic_path(out / WEIGHTS) as tmp:
-        shutil.copyfile(shipped_teacher() / WEIGHTS, tmp)
+    for name in (WEIGHTS, BACKBONE):
+        with artefacts.atomic_path(out / name) as tmp:
+            shutil.copyfile(shipped_teacher() / name, tmp)
     log.info("using the shipped teacher (same recipe %s; train it again with --force)", recipe_hash[:15])
     return record
+
+
+def _backbone(cfg: PretrainClipConfig, out: Path, train_it: bool) -> dict[str, float]:
+    """Pretrain (unless shipped) and evaluate the detector backbone on iconic images of base categories."""
+    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).ids("base")
+    label = {cid: k for k, cid in enumerate(base)}
+
+    def subset(name: str) -> tuple[Tensor, Tensor]:
+        images, ids, _ = load_iconic(cfg.data_root, name, 64)
+        keep = torch.tensor([int(c) in label for c in ids])
+        return images[keep], torch.tensor([label[int(c)] for c in ids[keep]])
+
+    if train_it:
+        shards.save_tensors(out / BACKBONE, pretrain_backbone(*subset("train"), len(base), cfg))
+    from safetensors.torch import load_file
+
+    return {"backbone/iconic_top1_base": round(backbone_top1(load_file(str(out / BACKBONE)), *subset("heldout")), 4)}
 
 
 def run(cfg: PretrainClipConfig) -> StageResult:
@@ -276,7 +348,8 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         teacher = clip.build_clip(cfg.clip_model, str(out / WEIGHTS))
         artefacts.atomic_write_bytes(out / "train_log.jsonl", (shipped_teacher() / "train_log.jsonl").read_bytes())
     seconds = round(time.perf_counter() - t0, 1)
-    metrics = {**evaluate(), "num_scene_crops": len(crop_y), "num_iconic_heldout": len(held_y)}
+    metrics = {**evaluate(), **_backbone(cfg, out, shipped is None), "num_scene_crops": len(crop_y),
+               "num_iconic_heldout": len(held_y)}
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
     extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
              "source": "trained" if shipped is None else "shipped",
@@ -284,5 +357,5 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
                                         config_hash=chash, upstream=upstream, started_at=started,
                                         summary={**metrics, "train_seconds": seconds},
-                                        outputs=[WEIGHTS, "metrics.json", "train_log.jsonl"], extra=extra)
+                                        outputs=[WEIGHTS, BACKBONE, "metrics.json", "train_log.jsonl"], extra=extra)
     return StageResult(out, False, manifest["summary"])

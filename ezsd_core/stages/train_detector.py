@@ -176,11 +176,24 @@ def _to(device: torch.device, batch: list) -> tuple[list, list, list | None]:
     return images, targets, distill
 
 
+NO_DECAY = ("log_temperature", "background.weight")  # decay would pull T towards 1 and bg towards 0
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and conv kernels only: never on biases, norm scales/shifts (ndim 1),
+    the learned log-temperature or the background vector."""
+    decay, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (rest if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainDetectorConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
@@ -266,6 +279,25 @@ def _resume(path: Path, model, opt, scaler, cfg: TrainDetectorConfig, config_has
 # the stage
 
 
+def load_toy_backbone(model: detector.EzsdDetector, run_root: Path) -> None:
+    """Initialise the toy backbone's trunk from stage 00's iconic pretraining (the toy "ImageNet" weights).
+
+    Raises:
+        MissingArtefactError: stage 00 did not write ``backbone.safetensors``.
+        ValueError: the weights do not fit the trunk.
+    """
+    manifest = artefacts.require_complete(run_root, "pretrain_clip")
+    if "backbone.safetensors" not in {o["path"] for o in manifest["outputs"]}:
+        raise artefacts.MissingArtefactError("pretrain_clip", artefacts.stage_dir(run_root, "pretrain_clip"),
+                                             "it wrote no backbone.safetensors (backbone_steps: 0?)")
+    state = load_file(str(artefacts.stage_dir(run_root, "pretrain_clip") / "backbone.safetensors"))
+    trunk = {k: v for k, v in state.items() if k.startswith(("stem.", "stages."))}
+    missing, unexpected = model.backbone.load_state_dict(trunk, strict=False)
+    if unexpected or any(not k.startswith("fpn.") for k in missing):
+        raise ValueError(f"backbone.safetensors does not fit the toy backbone (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
 def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
     started = artefacts.utc_now()
@@ -284,7 +316,10 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     label_of = split.label_map("base")
     feats = feature_index(cfg.run_root) if cfg.distill_weight > 0 else None
     spec = detector_spec(cfg, embed_dim=text["base"].shape[1])
-    model = detector.build_detector(spec, text["base"]).to(device)
+    model = detector.build_detector(spec, text["base"])
+    if cfg.backbone == "toy" and cfg.pretrained_backbone:
+        load_toy_backbone(model, cfg.run_root)
+    model = model.to(device)
     summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash)
     if rank > 0:
         return StageResult(out, False, summary)

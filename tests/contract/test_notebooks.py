@@ -57,3 +57,14 @@ def test_notebook_is_thin(path: Path) -> None:
             assert bad not in src, f"{bad} in a notebook"
         body = ast.parse("\n".join(x for x in src.splitlines() if not x.lstrip().startswith(("%", "!"))))
         assert not any(isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef) for n in ast.walk(body))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_papermill_reads_every_parameter(path: Path) -> None:
+    """papermill's own parser (not ast) must see every parameter: a ';' or ' = ' in a comment makes it
+    drop the line and warn "Passed unknown parameter" on every run."""
+    import papermill
+
+    cell = next(c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", []))
+    expected = [n.targets[0].id for n in ast.parse(_source(cell)).body]
+    assert list(papermill.inspect_notebook(str(path))) == expected

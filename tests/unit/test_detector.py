@@ -7,7 +7,7 @@ from ezsd_core import detector
 
 
 def _spec(**changes) -> detector.DetectorSpec:
-    base = dict(backbone="toy", imagenet_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
+    base = dict(backbone="toy", pretrained_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
                 max_size=64, anchor_sizes=(8, 16, 32, 64, 128), anchor_ratios=(0.5, 1.0, 2.0), rpn_pre_nms_train=100,
                 rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50, rpn_batch_size=32,
                 roi_batch_size=16, roi_positive_fraction=0.25, head_shared_convs=1, head_branch_convs=1,
@@ -90,3 +90,16 @@ def test_seesaw_detector_trains_and_detects() -> None:
     images, targets, distill = _batch(2)
     assert torch.isfinite(sum(m.train()(images, targets, distill).losses.values()))
     assert len(m.eval()(images, return_detections=True).detections[0]["scores"]) > 0
+
+
+def test_weight_decay_spares_temperature_background_norms_and_biases() -> None:
+    from ezsd_core.stages import train_detector as st
+
+    model = detector.build_detector(_spec(), torch.nn.functional.normalize(torch.randn(3, 16), dim=1))
+    decay, rest = st.param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and rest["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in rest["params"]}
+    assert {"roi_heads.box_predictor.log_temperature", "roi_heads.box_predictor.background.weight"} <= spared
+    assert all(p.ndim > 1 for p in decay["params"]) and any(n.endswith(".bias") for n in spared)
+    assert len(decay["params"]) + len(rest["params"]) == sum(p.requires_grad for p in model.parameters())
