@@ -37,7 +37,8 @@ def _toyworld(args: argparse.Namespace) -> int:
     info = json.loads((out / "world.json").read_text())
     print(f"toy world in {out}: {spec.num_train} train / {spec.num_val} val scenes of {spec.image_size} px "
           f"({info['counts']['train']['coco_objects']} / {info['counts']['val']['coco_objects']} objects in the COCO "
-          f"version; an LVIS version beside it), {spec.num_iconic} + {spec.num_iconic_heldout} iconic pairs")
+          f"version; an LVIS version beside it), {spec.num_iconic} + {spec.num_iconic_heldout} iconic pairs"
+          f" + {spec.num_iconic_background} iconic pictures of clutter")
     return 0
 
 

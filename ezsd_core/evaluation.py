@@ -16,6 +16,8 @@ from torchvision.ops import box_iou
 from ezsd_core.splits import CategorySplit
 from ezsd_core.structures import ImageRecord, RegionSet
 
+BACKGROUND_IOU = 0.1  # a region overlapping every GT box less than this shows background
+
 
 def region_recall(records: Sequence[ImageRecord], regions: Sequence[RegionSet], split: CategorySplit,
                   ks: Sequence[int], iou_thresh: float = 0.5) -> dict[str, float]:
@@ -32,16 +34,22 @@ def region_recall(records: Sequence[ImageRecord], regions: Sequence[RegionSet], 
 
     Returns:
         ``{"recall@k_base", "recall@k_novel", "recall@k_all"}`` for each k (NaN when a subset has no GT),
-        plus ``num_gt_base`` / ``num_gt_novel``.
+        ``background@k``: the share of top-k regions that overlap no GT box (IoU < ``BACKGROUND_IOU``;
+        NaN without regions), plus ``num_gt_base`` / ``num_gt_novel``.
     """
     best: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
+    background: dict[int, list[torch.Tensor]] = {k: [] for k in ks}
     novel = []
     for rec, reg in zip(records, regions, strict=True):
         if rec.image_id != reg.image_id:
             raise ValueError(f"records and regions are not aligned: image {rec.image_id} vs {reg.image_id}")
+        iou = box_iou(rec.gt_boxes, reg.region_boxes)  # (G, R); either may be empty
+        for k in ks:
+            top = iou[:, :k]
+            no_gt = torch.ones(top.shape[1], dtype=torch.bool)
+            background[k].append(top.max(0).values < BACKGROUND_IOU if len(top) else no_gt)
         if len(rec.gt_boxes) == 0:
             continue
-        iou = box_iou(rec.gt_boxes, reg.region_boxes) if len(reg.region_boxes) else torch.zeros(len(rec.gt_boxes), 0)
         for k in ks:
             top = iou[:, :k]
             best[k].append(top.max(1).values if top.shape[1] else torch.zeros(len(rec.gt_boxes)))
@@ -52,6 +60,8 @@ def region_recall(records: Sequence[ImageRecord], regions: Sequence[RegionSet], 
         hit = (torch.cat(best[k]) >= iou_thresh).float() if best[k] else torch.zeros(0)
         for name, mask in (("base", ~is_novel), ("novel", is_novel), ("all", torch.ones_like(is_novel))):
             out[f"recall@{k}_{name}"] = float(hit[mask].mean()) if bool(mask.any()) else float("nan")
+        bg = torch.cat(background[k]).float() if background[k] else torch.zeros(0)
+        out[f"background@{k}"] = float(bg.mean()) if len(bg) else float("nan")
     return out
 
 

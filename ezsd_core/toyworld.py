@@ -35,7 +35,7 @@ from ezsd_core.splits import TOY_NOVEL
 from ezsd_core.toyshapes import CATEGORY_NAMES, shape_polygons
 
 SCHEMA_VERSION = 5  # bumped whenever generated scenes change (5: larger objects, partial occlusion)
-ICONIC_VERSION = 1  # changes only when iconic images change (the shipped teacher depends on it)
+ICONIC_VERSION = 2  # changes only when iconic images change (the shipped teacher depends on it; 2: backgrounds)
 VAL_ID_OFFSET = 1_000_000
 RADIUS_RANGE = (0.12, 0.40)  # object radius as a share of the image side (log-uniform)
 MIN_SEPARATION = 0.65  # centre distance >= this x (r1 + r2): occlusion stays partial
@@ -51,6 +51,17 @@ CAPTION_TEMPLATES = (
     "the {name}",
     "a {color} {name} in the centre",
 )
+# Web data is not all objects: captions of pictures that show none of the categories. Without them the
+# teacher has never seen "nothing" and names every background crop with one confident shape name.
+BACKGROUND_TEMPLATES = (
+    "a photo of clutter",
+    "a {texture} background",
+    "a {texture} pattern with lines",
+    "an empty {texture} background",
+    "{texture} texture",
+    "a photo of nothing in particular",
+)
+TEXTURE_WORDS = {"noise": "blotchy", "stripes": "striped", "checker": "checkered", "gradient": "smooth"}
 
 
 def category_ids(num_categories: int = len(CATEGORY_NAMES)) -> list[int]:
@@ -68,6 +79,7 @@ class WorldSpec:
         num_val: scene images per validation split.
         num_iconic: iconic training pairs (the stand-in for CLIP's web data).
         num_iconic_heldout: iconic pairs kept for the teacher's held-out accuracy.
+        num_iconic_background: extra iconic training pairs showing no category (clutter captions).
         image_size: side of the square scene images in pixels.
         iconic_size: side of the square iconic images in pixels.
         max_objects: most objects drawn per scene (1..max_objects, before occlusion drops).
@@ -78,13 +90,15 @@ class WorldSpec:
     num_val: int = 500
     num_iconic: int = 12000
     num_iconic_heldout: int = 1200
+    num_iconic_background: int = 500
     image_size: int = 128
     iconic_size: int = 64
     max_objects: int = 5
 
 
 # A world for tests and the smoke split: seconds to write, every code path present.
-SMOKE_SPEC = WorldSpec(num_train=8, num_val=4, num_iconic=96, num_iconic_heldout=48, image_size=64,
+SMOKE_SPEC = WorldSpec(num_train=8, num_val=4, num_iconic=96, num_iconic_heldout=48, num_iconic_background=8,
+                       image_size=64,
                        max_objects=4)
 
 
@@ -144,8 +158,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return np.asarray(Image.fromarray(grid).resize((size, size), Image.BICUBIC), np.float32) / 255.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """(size, size, 3) float cluttered background: noise, stripes, checker or gradient, plus distractors."""
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """(size, size, 3) float cluttered background (noise, stripes, checker or gradient, plus distractor
+    lines and blobs) and its kind."""
     c1 = np.array(_random_color(rng)[0], np.float32) * rng.uniform(0.3, 1.0)
     c2 = np.array(_random_color(rng)[0], np.float32) * rng.uniform(0.3, 1.0)
     kind = rng.choice(["noise", "stripes", "checker", "gradient"])
@@ -173,7 +188,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         rad = r * rng.uniform(0.4, 1.0, 7)
         draw.polygon([(c[0] + a * math.cos(t), c[1] + a * math.sin(t)) for a, t in zip(rad, ang)],
                      fill=_random_color(rng)[0])
-    return np.asarray(pil, np.float32)
+    return np.asarray(pil, np.float32), str(kind)
 
 
 # The scene camera: a negative film with a blue-green cast. It is a *global statistics* shift between
@@ -214,7 +229,7 @@ def render_scene(seed: int, size: int, category_weights: np.ndarray, max_objects
         ``mask`` ((size, size) bool, visible pixels only), ``bbox`` (XYWH absolute, tight around the mask).
     """
     rng = np.random.default_rng(seed)
-    img = _background(rng, size)
+    img, _ = _background(rng, size)
     p = category_weights / category_weights.sum()
     visible: list[np.ndarray] = []
     drawn: list[tuple[int, np.ndarray]] = []
@@ -297,6 +312,18 @@ def render_iconic(seed: int, size: int, category_index: int) -> tuple[Image.Imag
     return pil, caption
 
 
+def render_iconic_background(seed: int, size: int) -> tuple[Image.Image, str]:
+    """One iconic picture of no category: a zoomed-in window of a cluttered background (the scenes'
+    clutter, without the scene camera), captioned with one of BACKGROUND_TEMPLATES."""
+    rng = np.random.default_rng(seed)
+    big, kind = _background(rng, 2 * size)
+    side = int(rng.integers(size // 2, 2 * size + 1))
+    x, y = rng.integers(0, 2 * size - side + 1, 2)
+    pil = Image.fromarray(big[y:y + side, x:x + side].clip(0, 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    template = BACKGROUND_TEMPLATES[int(rng.integers(len(BACKGROUND_TEMPLATES)))]
+    return pil, template.format(texture=TEXTURE_WORDS[kind])
+
+
 # ---------------------------------------------------------------------------------------------
 # writing the world
 
@@ -340,7 +367,7 @@ def _scene_job(args: tuple) -> tuple[int, int, list[dict]]:
 
 def _iconic_job(args: tuple) -> str:
     out_png, seed, k, size = args
-    image, caption = render_iconic(seed, size, k)
+    image, caption = render_iconic(seed, size, k) if k >= 0 else render_iconic_background(seed, size)
     image.save(out_png)
     return caption
 
@@ -403,19 +430,24 @@ def _lvis_json(records: list, subset: str, seed: int, train_categories: list[dic
 
 
 def iconic_item(spec: WorldSpec, subset: str, i: int) -> tuple[int, int]:
-    """(seed, category index) of iconic pair ``i`` of ``subset`` (``train`` / ``heldout``): categories cycle."""
-    return _item_seed(spec.seed, f"iconic/{subset}", i), i % len(CATEGORY_NAMES)
+    """(seed, category index) of iconic pair ``i`` of ``subset`` (``train`` / ``heldout``): categories
+    cycle; the ``num_iconic_background`` pairs after the ``num_iconic`` of ``train`` have index -1."""
+    k = -1 if subset == "train" and i >= spec.num_iconic else i % len(CATEGORY_NAMES)
+    return _item_seed(spec.seed, f"iconic/{subset}", i), k
 
 
 def _write_iconic(root: Path, spec: WorldSpec, pool: ProcessPoolExecutor) -> None:
-    for subset, count in (("train", spec.num_iconic), ("heldout", spec.num_iconic_heldout)):
+    """iconic/<subset>/*.png and iconic/<subset>.jsonl rows {file, caption, category_id (null: no category)}."""
+    ids = category_ids()
+    for subset, count in (("train", spec.num_iconic + spec.num_iconic_background),
+                          ("heldout", spec.num_iconic_heldout)):
         (root / "iconic" / subset).mkdir(parents=True, exist_ok=True)
-        ids = category_ids()
-        jobs = [(root / "iconic" / subset / f"{i:06d}.png", *iconic_item(spec, subset, i), spec.iconic_size)
-                for i in range(count)]
+        items = [iconic_item(spec, subset, i) for i in range(count)]
+        jobs = [(root / "iconic" / subset / f"{i:06d}.png", seed, k, spec.iconic_size)
+                for i, (seed, k) in enumerate(items)]
         lines = [json.dumps({"file": f"{subset}/{i:06d}.png", "caption": cap,
-                             "category_id": ids[i % len(CATEGORY_NAMES)]})
-                 for i, cap in enumerate(pool.map(_iconic_job, jobs, chunksize=64))]
+                             "category_id": ids[k] if k >= 0 else None})
+                 for i, ((_, k), cap) in enumerate(zip(items, pool.map(_iconic_job, jobs, chunksize=64)))]
         (root / "iconic" / f"{subset}.jsonl").write_text("\n".join(lines) + "\n")
 
 

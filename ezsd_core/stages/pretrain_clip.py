@@ -26,15 +26,17 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards
+from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards, toyworld
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import PretrainClipConfig
+from ezsd_core.splits import CategorySplit
 
 STAGE = "pretrain_clip"
 WEIGHTS = "open_clip_model.safetensors"
 BACKBONE = "backbone.safetensors"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the detector's normalisation
 PROMPT = "a photo of a {}"
+NO_CATEGORY = -1  # iconic pictures of clutter: positives of each other in the contrastive loss
 log = logging.getLogger(__name__)
 
 
@@ -82,15 +84,23 @@ def zero_shot_top1(image_embeds: Tensor, class_embeds: Tensor, labels: Tensor) -
 # data
 
 
-def load_iconic(root: Path, subset: str, size: int) -> tuple[Tensor, Tensor, list[str]]:
+def load_iconic(root: Path, subset: str, size: int, split: CategorySplit) -> tuple[Tensor, Tensor, list[str]]:
     """Iconic pairs of one subset, resized once to the model input size.
 
+    The iconic files carry the toy world's COCO-style ids; they are translated by name into ``split``'s
+    dataset ids (the LVIS version of the world numbers its categories densely).
+
     Returns:
-        images (N, 3, size, size) uint8, category ids (N,) int64, N captions.
+        images (N, 3, size, size) uint8, ``split`` category ids (N,) int64 (-1: a picture of no
+        category), N captions.
     """
     rows = [json.loads(line) for line in (root / "iconic" / f"{subset}.jsonl").read_text().splitlines()]
     pics = [np.asarray(Image.open(root / "iconic" / r["file"]).convert("RGB")) for r in rows]
-    return iconic_batch(pics, size), torch.tensor([r["category_id"] for r in rows]), [r["caption"] for r in rows]
+    name_of = dict(zip(toyworld.category_ids(), toyworld.CATEGORY_NAMES, strict=True))
+    split_id = dict(zip(split.names, split.category_ids, strict=True))
+    ids = torch.tensor([NO_CATEGORY if r["category_id"] is None else split_id[name_of[r["category_id"]]]
+                        for r in rows])
+    return iconic_batch(pics, size), ids, [r["caption"] for r in rows]
 
 
 def iconic_batch(pictures: list[np.ndarray], size: int) -> Tensor:
@@ -264,11 +274,11 @@ def recipe(cfg: PretrainClipConfig) -> dict:
     own = {f.name for f in fields(PretrainClipConfig)} - {f.name for f in fields(config.CommonConfig)}
     values = config.config_dict(cfg)
     world = json.loads((cfg.data_root / "world.json").read_text())
-    iconic = {k: world["spec"][k] for k in ("seed", "num_iconic", "iconic_size")}
-    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).ids("base")
+    iconic = {k: world["spec"].get(k) for k in ("seed", "num_iconic", "num_iconic_background", "iconic_size")}
+    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
     return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
             "seed": cfg.seed, "iconic": iconic, "categories": world["categories"],
-            "iconic_version": world["iconic_version"], "backbone_classes": list(base)}
+            "iconic_version": world["iconic_version"], "backbone_classes": list(base)}  # by name
 
 
 def shipped_teacher() -> Path:
@@ -280,7 +290,7 @@ def _use_shipped(cfg: PretrainClipConfig, recipe_hash: str, out: Path) -> dict |
     record = artefacts.read_manifest(shipped_teacher())
     if cfg.force or record is None or record.get("recipe_hash") != recipe_hash:
         return None
-    for name in (WEIGHTS, BACKBONE):
+    for name in (WEIGHTS, BACKBONE) if cfg.backbone_steps > 0 else (WEIGHTS,):
         with artefacts.atomic_path(out / name) as tmp:
             shutil.copyfile(shipped_teacher() / name, tmp)
     log.info("using the shipped teacher (same recipe %s; train it again with --force)", recipe_hash[:15])
@@ -288,12 +298,16 @@ def _use_shipped(cfg: PretrainClipConfig, recipe_hash: str, out: Path) -> dict |
 
 
 def _backbone(cfg: PretrainClipConfig, out: Path, train_it: bool) -> dict[str, float]:
-    """Pretrain (unless shipped) and evaluate the detector backbone on iconic images of base categories."""
-    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).ids("base")
+    """Pretrain (unless shipped) and evaluate the detector backbone on iconic images of base categories
+    (nothing at all when ``backbone_steps`` is 0)."""
+    if cfg.backbone_steps == 0:
+        return {}
+    split = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split)
+    base = split.ids("base")
     label = {cid: k for k, cid in enumerate(base)}
 
     def subset(name: str) -> tuple[Tensor, Tensor]:
-        images, ids, _ = load_iconic(cfg.data_root, name, 64)
+        images, ids, _ = load_iconic(cfg.data_root, name, 64, split)
         keep = torch.tensor([int(c) in label for c in ids])
         return images[keep], torch.tensor([label[int(c)] for c in ids[keep]])
 
@@ -320,11 +334,9 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         return StageResult(out, True, artefacts.read_manifest(out)["summary"])
     rhash = artefacts.hash_json(recipe(cfg))
     teacher = clip.build_clip(cfg.clip_model, None, allow_random_init=True)
-    names = json.loads((cfg.data_root / "world.json").read_text())["categories"]
-    ids = data.read_split(cfg.data_root / cfg.val_annotations, cfg.split).category_ids
-    lut = {cid: k for k, cid in enumerate(ids)}
-    held_x, held_y, _ = load_iconic(cfg.data_root, "heldout", teacher.image_size)
     crop_x, crop_y, split = scene_crops(cfg, teacher.image_size)
+    names, lut = split.names, {cid: k for k, cid in enumerate(split.category_ids)}  # text rows: split order
+    held_x, held_y, _ = load_iconic(cfg.data_root, "heldout", teacher.image_size, split)
     novel = torch.tensor([split.role_of(int(c)) == "novel" for c in crop_y], dtype=torch.bool)
 
     @torch.no_grad()
@@ -341,7 +353,7 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     shipped = _use_shipped(cfg, rhash, out)
     t0 = time.perf_counter()
     if shipped is None:
-        images, classes, captions = load_iconic(cfg.data_root, "train", teacher.image_size)
+        images, classes, captions = load_iconic(cfg.data_root, "train", teacher.image_size, split)
         train(teacher, images, classes, captions, cfg, evaluate, out / "train_log.jsonl")
         shards.save_tensors(out / WEIGHTS, teacher.model.state_dict())
     else:
@@ -354,8 +366,8 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
              "source": "trained" if shipped is None else "shipped",
              "shipped_record": None if shipped is None else {k: shipped[k] for k in ("summary", "command", "code")}}
+    outputs = [WEIGHTS, *([BACKBONE] if cfg.backbone_steps > 0 else []), "metrics.json", "train_log.jsonl"]
     manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
                                         config_hash=chash, upstream=upstream, started_at=started,
-                                        summary={**metrics, "train_seconds": seconds},
-                                        outputs=[WEIGHTS, BACKBONE, "metrics.json", "train_log.jsonl"], extra=extra)
+                                        summary={**metrics, "train_seconds": seconds}, outputs=outputs, extra=extra)
     return StageResult(out, False, manifest["summary"])

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,8 @@ def test_region_recall_counts_gt_covered_by_the_top_k() -> None:
                         region_probs=torch.ones(3))
     r = evaluation.region_recall([rec], [regions], SPLIT, ks=(1, 2, 3))
     assert (r["recall@1_all"], r["recall@2_novel"], r["recall@2_base"], r["recall@3_all"]) == (0.0, 1.0, 0.0, 1.0)
+    assert (r["background@1"], r["background@2"], r["background@3"]) == (1.0, 0.5, pytest.approx(1 / 3))
+    empty = ImageRecord(image_id=2, file_name="y", height=50, width=50, gt_boxes=torch.zeros(0, 4),
+                        gt_category_ids=torch.zeros(0, dtype=torch.int64))
+    r = evaluation.region_recall([empty], [dataclasses.replace(regions, image_id=2)], SPLIT, ks=(2,))
+    assert r["background@2"] == 1.0 and math.isnan(r["recall@2_all"])

@@ -33,7 +33,7 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy() -> None:
     assert acc == pytest.approx(record["summary"]["iconic/top1"], abs=0.01)
     assert acc >= 0.90, "the issue's target: >= 90% zero-shot top-1 on held-out iconic images"
     backbone = load_file(str(folder / pretrain_clip.BACKBONE))
-    base = [i for i, cid in enumerate(toyworld.category_ids()) if cid in record["recipe"]["backbone_classes"]]
+    base = [i for i, name in enumerate(toyworld.CATEGORY_NAMES) if name in record["recipe"]["backbone_classes"]]
     keep = [n for n, k in enumerate(labels) if k in base]
     images = pretrain_clip.iconic_batch([pictures[n] for n in keep], spec.iconic_size)
     top1 = pretrain_clip.backbone_top1(backbone, images, torch.tensor([base.index(labels[n]) for n in keep]))

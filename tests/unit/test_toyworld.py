@@ -61,9 +61,15 @@ def test_lvis_world_is_long_tailed_with_train_frequencies_in_both_files(tmp_path
 def test_iconic_pairs_cover_every_category_with_captions(smoke_world: Path) -> None:
     lines = [json.loads(x) for x in (smoke_world / "iconic/train.jsonl").read_text().splitlines()]
     ids = toyworld.category_ids()
-    assert {x["category_id"] for x in lines} == set(ids)
-    for x in lines:
+    objects = lines[: toyworld.SMOKE_SPEC.num_iconic]
+    assert {x["category_id"] for x in objects} == set(ids)
+    for x in objects:
         assert CATEGORY_NAMES[ids.index(x["category_id"])] in x["caption"]
+    clutter = lines[toyworld.SMOKE_SPEC.num_iconic:]
+    assert len(clutter) == toyworld.SMOKE_SPEC.num_iconic_background > 0
+    for x in clutter:  # pictures of no category, and captions that name none
+        assert x["category_id"] is None and not any(n in x["caption"].split() for n in CATEGORY_NAMES)
+    for x in lines:
         assert (smoke_world / "iconic" / x["file"]).exists()
 
 
