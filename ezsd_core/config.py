@@ -450,6 +450,7 @@ def stage_config(doc: Mapping[str, Mapping[str, Any]], stage: str, *, source: st
         raise ConfigError(f"{source}: no section {stage!r}; stages in this file: {', '.join(present) or 'none'}")
     values = {**doc["common"], **doc[stage]}
     origins = {**{k: "common" for k in doc["common"]}, **{k: stage for k in doc[stage]}}
+    set_by: dict[str, str] = {}
     for text in overrides:
         section, key, value = parse_override(text)
         if section != "common" and section not in STAGE_CONFIGS:
@@ -461,5 +462,11 @@ def stage_config(doc: Mapping[str, Mapping[str, Any]], stage: str, *, source: st
         if key not in allowed:
             raise ConfigError(f"--set {text}: unknown key {section}.{key}; allowed keys: {', '.join(allowed)}")
         if section in ("common", stage):  # others are for other stages of the same command
-            values[key], origins[key] = value, section
-    return load_config(STAGE_CONFIGS[stage], values, source=source, strict=True, origins=origins)
+            values[key], origins[key], set_by[f"{section}.{key}"] = value, section, text
+    try:
+        return load_config(STAGE_CONFIGS[stage], values, source=source, strict=True, origins=origins)
+    except ConfigError as e:  # a bad --set value is named as such, not as the params file's
+        where, _, rest = str(e).removeprefix(f"{source}: ").partition(":")
+        if where in set_by:
+            raise ConfigError(f"--set {set_by[where]}: {where}:{rest}") from None
+        raise

@@ -59,8 +59,10 @@ def test_overrides_are_parsed_as_yaml_and_checked() -> None:
     assert _cfg(_doc(), "pretrain_clip.lr=2.0e-3", "common.seed=3").seed == 3
     with pytest.raises(ConfigError, match=r"--set pretrain_clip.lrr=1: unknown key pretrain_clip.lrr"):
         _cfg(_doc(), "pretrain_clip.lrr=1")
-    with pytest.raises(ConfigError, match="common.seed: got -1; allowed range"):
+    with pytest.raises(ConfigError, match=r"^--set common.seed=-1: common.seed: got -1; allowed range"):
         _cfg(_doc(), "common.seed=-1")
+    with pytest.raises(ConfigError, match=r"^--set pretrain_clip.lr=1e-3: pretrain_clip.lr: expected a float"):
+        _cfg(_doc(), "pretrain_clip.lr=1e-3")
     with pytest.raises(ConfigError, match="expected section.key=value"):
         _cfg(_doc(), "seed=3")
     with pytest.raises(ConfigError, match="unknown section 'nope'"):
