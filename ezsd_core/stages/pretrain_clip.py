@@ -230,7 +230,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         The logged rows.
     """
     model = teacher.model.train().requires_grad_(True)
-    with torch.no_grad():  # at CLIP's 1/0.07 the fastest first move is to collapse all embeddings (README)
+    with torch.no_grad():  # the recipe starts exp(logit_scale) at 1.0, not CLIP's 1/0.07 (README)
         model.logit_scale.fill_(math.log(cfg.logit_scale_init))
     distinct = sorted(set(captions))
     tokens = teacher.tokenizer(distinct)
