@@ -1,0 +1,105 @@
+"""Where a trained detector loses AP: localisation, classification, or base objects named as novel.
+
+Reads a finished run (``04_train_detector`` and ``05_evaluate``) and its val annotations; for every val
+GT box (XYXY absolute pixels):
+  * localised: some detection of any class overlaps it with IoU >= 0.5;
+  * top_is_novel: of the detections that overlap it, the highest-scoring one names a novel category;
+  * GT-box top-1: the box head applied to the GT box itself (the distillation path: same RoIAlign and
+    head), argmax over the base names (base boxes) or over all names (novel boxes).
+Accuracy diagnostics, not timings; same JSON conventions as the benchmarks.
+
+    .venv/bin/python benchmarks/diagnose_detector.py --params params/toy_coco.yaml [--run runs/X]
+writes benchmarks/results/diagnose_detector_<run name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import torch
+from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import box_iou
+
+from ezsd_core import artefacts, config, data, runtime
+from ezsd_core.stages import evaluate
+
+
+@torch.no_grad()
+def gt_box_top1(model, records: list, ids: list[int], base: set[int], max_images: int) -> dict[str, float]:
+    """Top-1 of the box head on GT boxes: base boxes among base names, novel boxes among all names."""
+    head = model.roi_heads
+    base_cols = torch.tensor([1 + i for i, c in enumerate(ids) if c in base])
+    base_ids = [c for c in ids if c in base]
+    hits, counts = collections.Counter(), collections.Counter()
+    for r in records[:max_images]:
+        img = data.read_image(r.file_name).float() / 255
+        batch, _ = model.transform([img])
+        feats = model.backbone(batch.tensors)
+        boxes = resize_boxes(r.gt_boxes.float(), list(img.shape[-2:]), list(batch.image_sizes[0]))
+        cls_f, _ = head.box_head(head.box_roi_pool(feats, [boxes], batch.image_sizes))
+        probs = head.box_predictor.probabilities(head.box_predictor.classify(head.box_predictor.embed(cls_f)))
+        for gt, p in zip(r.gt_category_ids.tolist(), probs):
+            if gt in base:
+                counts["base"] += 1
+                hits["base"] += base_ids[int(p[base_cols].argmax())] == gt
+            else:
+                counts["novel"] += 1
+                hits["novel"] += ids[int(p[1:].argmax())] == gt
+    return {f"gt_box_top1_{k}": round(hits[k] / counts[k], 4) for k in counts}
+
+
+def detection_overlap(records: list, detections: list[dict], novel: set[int]) -> dict[str, float]:
+    """Share of GT boxes localised by any detection, and of localised base boxes topped by a novel name."""
+    by_image = collections.defaultdict(list)
+    for d in detections:
+        by_image[d["image_id"]].append(d)
+    n, localised, topped_novel = collections.Counter(), collections.Counter(), collections.Counter()
+    for r in records:
+        dets = by_image.get(r.image_id, [])
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in dets)]).reshape(-1, 4)
+        scores = torch.tensor([d["score"] for d in dets])
+        iou = box_iou(r.gt_boxes.float(), boxes)
+        for i, gt in enumerate(r.gt_category_ids.tolist()):
+            kind = "novel" if gt in novel else "base"
+            n[kind] += 1
+            overlap = iou[i] >= 0.5
+            if bool(overlap.any()):
+                localised[kind] += 1
+                top = int(scores.masked_fill(~overlap, -1).argmax())
+                topped_novel[kind] += dets[top]["category_id"] in novel
+    out = {f"localised_{k}": round(localised[k] / n[k], 4) for k in n}
+    out.update({f"topped_by_novel_{k}": round(topped_novel[k] / localised[k], 4) for k in localised})
+    return {**out, **{f"num_gt_{k}": n[k] for k in n}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", type=Path, required=True)
+    p.add_argument("--run", type=Path, help="run root (default: the params file's)")
+    p.add_argument("--max-images", type=int, default=200, help="val images for the GT-box top-1")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    runtime.configure_threads()
+    overrides = [f"common.run_root={args.run}"] if args.run else []
+    cfg = config.stage_config(config.read_params(args.params), "evaluate", source=str(args.params),
+                              overrides=overrides)
+    model, ids = evaluate.load_detector(cfg.run_root, "all", score_thresh=cfg.score_thresh,
+                                        nms_thresh=cfg.nms_thresh, max_detections=cfg.max_detections,
+                                        device=torch.device("cpu"))
+    split, records = data.read_config_records(cfg, "val")
+    base, novel = set(split.ids("base")), set(split.ids("novel"))
+    dets = json.loads((artefacts.stage_dir(cfg.run_root, "evaluate") / "detections.json").read_text())
+    result = {"diagnostic": "diagnose_detector", "date": artefacts.utc_now(), "run_root": str(cfg.run_root),
+              **detection_overlap(records, dets, novel),
+              **gt_box_top1(model, records, ids.tolist(), base, args.max_images),
+              "gt_box_images": min(args.max_images, len(records))}
+    out = args.out or Path(f"benchmarks/results/diagnose_detector_{Path(cfg.run_root).name}.json")
+    artefacts.atomic_write_json(out, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
