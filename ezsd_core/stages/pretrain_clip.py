@@ -148,6 +148,15 @@ def crop_like(images: Tensor, gen: torch.Generator, prob: float) -> Tensor:
     return torch.where(on, warped.clamp(0, 255), x)
 
 
+def _pooled_trunk(backbone: detector.ToyBackbone, x: Tensor) -> Tensor:
+    """(N, 3, S, S) images in [0, 1] -> (N, C) globally pooled last-stage features (ImageNet normalisation)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    feats = backbone.stem((x - mean) / std)
+    for stage in backbone.stages:
+        feats = stage(feats)
+    return feats.mean((2, 3))
+
+
 def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: PretrainClipConfig) -> dict[str, Tensor]:
     """The toy world's "ImageNet" pretraining of the detector backbone (the real settings use
     torchvision's ImageNet ResNet): supervised classification of iconic images of **base** categories
@@ -166,7 +175,6 @@ def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: Pre
     params = [*backbone.stem.parameters(), *backbone.stages.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     for step in tqdm(range(cfg.backbone_steps), desc="pretrain backbone", unit="step", mininterval=5):
         factor = min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / cfg.backbone_steps))
         for g in opt.param_groups:
@@ -174,10 +182,7 @@ def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: Pre
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
         x = crop_like(images[idx], gen, cfg.augment_prob) / 255
         x = torch.where((torch.rand(len(x), generator=gen) < 0.5)[:, None, None, None], 1 - x, x)
-        feats = backbone.stem((x - mean) / std)
-        for stage in backbone.stages:
-            feats = stage(feats)
-        loss = nn.functional.cross_entropy(head(feats.mean((2, 3))), labels[idx])
+        loss = nn.functional.cross_entropy(head(_pooled_trunk(backbone, x)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -192,11 +197,7 @@ def backbone_top1(state: dict[str, Tensor], images: Tensor, labels: Tensor) -> f
     backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
     head = nn.Linear(state["head.weight"].shape[1], state["head.weight"].shape[0])
     head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    feats = backbone.stem((images.float() / 255 - mean) / std)
-    for stage in backbone.stages:
-        feats = stage(feats)
-    return float((head(feats.mean((2, 3))).argmax(1) == labels).float().mean())
+    return float((head(_pooled_trunk(backbone, images.float() / 255)).argmax(1) == labels).float().mean())
 
 
 def _param_groups(model: nn.Module, cfg: PretrainClipConfig) -> list[dict]:
