@@ -44,10 +44,10 @@ def region_recall(records: Sequence[ImageRecord], regions: Sequence[RegionSet], 
         if rec.image_id != reg.image_id:
             raise ValueError(f"records and regions are not aligned: image {rec.image_id} vs {reg.image_id}")
         iou = box_iou(rec.gt_boxes, reg.region_boxes)  # (G, R); either may be empty
+        # best overlap of each region with any GT box (0 when the image has none)
+        region_best = iou.max(0).values if len(iou) else torch.zeros(iou.shape[1])
         for k in ks:
-            top = iou[:, :k]
-            no_gt = torch.ones(top.shape[1], dtype=torch.bool)
-            background[k].append(top.max(0).values < BACKGROUND_IOU if len(top) else no_gt)
+            background[k].append(region_best[:k] < BACKGROUND_IOU)
         if len(rec.gt_boxes) == 0:
             continue
         for k in ks:

@@ -53,4 +53,3 @@ def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
                                                   "lr_steps": [20, 30], "max_steps": 40}}, "train_detector", source="t")
     assert math.isclose(st.lr_factor(0, cfg), 0.001) and st.lr_factor(10, cfg) == 1.0
     assert math.isclose(st.lr_factor(25, cfg), 0.1) and math.isclose(st.lr_factor(35, cfg), 0.01)
-
