@@ -7,18 +7,24 @@ Variants, each on the same world and training budget, as params overrides of the
   (d) full EZSD                          the params file as it is
 Each variant lives in ``<run_root>-ablation-<variant>``; the stages it shares with the full run
 are hard-linked from it (their manifests match, so the runner skips them) and the rest run anew.
-Writes ``<run_root>/ablation.json`` and ``ablation.png``. Layer 4: imports config, artefacts,
-pipeline, report.
+Every AP gets a 95% bootstrap interval over the val images, and every difference (d) - (x) the
+interval of the difference on the same resampled images (``evaluation.bootstrap_coco_ap``).
+Reads each variant's ``05_evaluate/{metrics,detections}.json`` and the val annotations.
+Writes ``<run_root>/ablation.json`` and ``ablation.png``. Layer 4: imports config, artefacts, splits,
+pipeline, report, and evaluation (lazily, for the intervals: no stage owns numbers across four runs).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ezsd_core import artefacts, config, pipeline, report
+from ezsd_core import artefacts, config, pipeline, report, splits
 
 VARIANTS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
     # name: (label, overrides, stages shared with the full run)
@@ -30,7 +36,10 @@ VARIANTS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                        ("pretrain_clip", "finetune_clip", "propose_regions")),
     "d_full": ("(d) full EZSD", [], ()),
 }
+REFERENCE = "d_full"  # the differences are AP(d) - AP(x)
 HEADLINE = ("bbox/AP50_novel", "bbox/AP50_base", "bbox/AP50_all")
+INTERVAL_KEYS = (*HEADLINE, "bbox/AP_novel", "bbox/AP_base")
+LEVEL = 0.95
 
 
 def _link_stage(src: Path, dst: Path) -> None:
@@ -39,24 +48,116 @@ def _link_stage(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns("notebooks", ".parts"))
 
 
-def ablate(params_path: Path | str, *, echo: Callable[[str], None] = print, overrides: tuple[str, ...] = ()) -> dict:
-    """Run the full pipeline and the three ablations; returns ``{variant: {label, metrics...}}``."""
-    doc = config.read_params(params_path)
-    base_root = Path(config.stage_config(doc, "evaluate", source=str(params_path), overrides=overrides).run_root)
+def variant_root(base_root: Path, name: str) -> Path:
+    """The run folder of a variant: the full run's own for ``d_full``, else ``<run_root>-ablation-<name>``."""
+    return base_root if name == REFERENCE else base_root.with_name(f"{base_root.name}-ablation-{name}")
+
+
+def _run_variants(params_path: Path | str, base_root: Path, overrides: tuple[str, ...],
+                  echo: Callable[[str], None]) -> None:
     echo(f"(d) full EZSD in {base_root}")
     pipeline.run(params_path, overrides=overrides, echo=echo)
-    table = {}
     for name, (label, changes, shared) in VARIANTS.items():
-        root = base_root if name == "d_full" else base_root.with_name(f"{base_root.name}-ablation-{name}")
-        if name != "d_full":
-            echo(f"{label} in {root}")
-            for stage in shared:
-                _link_stage(artefacts.stage_dir(base_root, stage), artefacts.stage_dir(root, stage))
-            pipeline.run(params_path, overrides=[*overrides, f"common.run_root={root}", *changes], echo=echo)
-        metrics = report.read_metrics(artefacts.stage_dir(root, "evaluate"))
-        table[name] = {"label": label, "run_root": str(root), **{k: metrics.get(k) for k in metrics
-                                                                 if k.startswith(("bbox/", "segm/"))}}
+        if name == REFERENCE:
+            continue
+        root = variant_root(base_root, name)
+        echo(f"{label} in {root}")
+        for stage in shared:
+            _link_stage(artefacts.stage_dir(base_root, stage), artefacts.stage_dir(root, stage))
+        pipeline.run(params_path, overrides=[*overrides, f"common.run_root={root}", *changes], echo=echo)
+
+
+def _variant_row(name: str, root: Path) -> dict[str, Any]:
+    """Label, run folder and the bbox/segm metrics of a variant's complete ``05_evaluate``.
+
+    Raises:
+        ValueError: the variant has no complete evaluate stage (message names the variant and its folder).
+    """
+    label = VARIANTS[name][0]
+    try:
+        artefacts.require_complete(root, "evaluate")
+    except artefacts.MissingArtefactError:
+        raise ValueError(f"ablation variant {name} {label} has no complete run in {root} (05_evaluate); "
+                         "run `ezsd ablate` without --intervals-only first") from None
+    metrics = report.read_metrics(artefacts.stage_dir(root, "evaluate"))
+    return {"label": label, "run_root": str(root), **{k: v for k, v in metrics.items()
+                                                       if k.startswith(("bbox/", "segm/"))}}
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x  # JSON has no NaN
+
+
+def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, num_resamples: int = 1000,
+              seed: int = 0) -> dict[str, Any] | None:
+    """Paired bootstrap intervals over the val images of every variant's AP and of (d) - (x).
+
+    Args:
+        table: variant name -> row with ``run_root`` (every name of ``VARIANTS``).
+        cfg: the evaluate stage config (val annotations, ``max_detections``, split id).
+        num_resamples: bootstrap resamples of the val images.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{"ci": {variant: {key: [lo, hi]}}, "differences": {"d_full - <x>": {key: {delta, lo, hi,
+        p_le_0}}}, "bootstrap": {settings}}`` for the keys of ``INTERVAL_KEYS`` (None where undefined);
+        None for an LVIS-style split (it reports LVIS AP, which is not bootstrapped here).
+    """
+    from ezsd_core import evaluation
+
+    gt = Path(cfg.data_root) / cfg.val_annotations
+    split = splits.split_from_categories(cfg.split, json.loads(gt.read_text())["categories"])
+    if split.style != "coco":
+        return None
+    results = {name: json.loads((artefacts.stage_dir(row["run_root"], "evaluate") / "detections.json").read_text())
+               for name, row in table.items()}
+    boot = evaluation.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
+                                        num_resamples=num_resamples, seed=seed)
+    ci = {name: {k: [_finite(v) for v in b.interval(k, LEVEL)] for k in INTERVAL_KEYS} for name, b in boot.items()}
+    diffs = evaluation.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)
+    differences = {f"{REFERENCE} - {name}": {k: {s: _finite(v) for s, v in d.items()} for k, d in per_key.items()}
+                   for name, per_key in diffs.items()}
+    settings = {"num_resamples": num_resamples, "seed": seed, "num_images": boot[REFERENCE].num_images,
+                "level": LEVEL, "iou_type": "bbox", "max_detections": cfg.max_detections, "reference": REFERENCE,
+                "val_annotations": str(gt)}
+    return {"ci": ci, "differences": differences, "bootstrap": settings}
+
+
+def ablate(params_path: Path | str, *, echo: Callable[[str], None] = print, overrides: tuple[str, ...] = (),
+           intervals_only: bool = False, num_resamples: int = 1000, seed: int = 0) -> dict:
+    """Run the full pipeline and the three ablations, then bootstrap intervals of their AP.
+
+    Args:
+        params_path: ``params/<split>.yaml``.
+        echo: where progress lines and the final tables go.
+        overrides: ``--set`` overrides for every variant.
+        intervals_only: skip the runs; recompute the intervals of the existing ones.
+        num_resamples: bootstrap resamples of the val images.
+        seed: seed of the resampling.
+
+    Returns:
+        ``{variant: {label, run_root, metrics..., ci}, "differences": ..., "bootstrap": ...}`` as written
+        to ``ablation.json``.
+
+    Raises:
+        ValueError: ``num_resamples`` below 1; a variant without a complete run (named).
+    """
+    if num_resamples < 1:  # checked before hours of training, not after
+        raise ValueError(f"num_resamples must be >= 1, got {num_resamples}")
+    doc = config.read_params(params_path)
+    cfg = config.stage_config(doc, "evaluate", source=str(params_path), overrides=overrides)
+    base_root = Path(cfg.run_root)
+    if not intervals_only:
+        _run_variants(params_path, base_root, overrides, echo)
+    table: dict[str, Any] = {name: _variant_row(name, variant_root(base_root, name)) for name in VARIANTS}
+    extra = intervals(table, cfg, num_resamples=num_resamples, seed=seed)
+    if extra is None:
+        echo(f"no bootstrap intervals: split {cfg.split} is LVIS-style")
+    else:
+        for name, ci in extra["ci"].items():
+            table[name]["ci"] = ci
+        table.update(differences=extra["differences"], bootstrap=extra["bootstrap"])
     artefacts.atomic_write_json(base_root / "ablation.json", table)
     report.ablation_chart(table, HEADLINE).savefig(base_root / "ablation.png", dpi=120)
-    echo(report.ablation_table(table, HEADLINE))
+    echo(report.ablation_table(table, INTERVAL_KEYS))
     return table

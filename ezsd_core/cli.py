@@ -37,8 +37,9 @@ def _toyworld(args: argparse.Namespace) -> int:
     info = json.loads((out / "world.json").read_text())
     print(f"toy world in {out}: {spec.num_train} train / {spec.num_val} val scenes of {spec.image_size} px "
           f"({info['counts']['train']['coco_objects']} / {info['counts']['val']['coco_objects']} objects in the COCO "
-          f"version; an LVIS version beside it), {spec.num_iconic} + {spec.num_iconic_heldout} iconic pairs"
-          f" + {spec.num_iconic_background} iconic pictures of clutter")
+          f"version; an LVIS version beside it); the teacher's pictures: {spec.num_web} + {spec.num_web_heldout} web "
+          f"pictures of shapes in context, {spec.num_web_background} of clutter, {spec.num_iconic} + "
+          f"{spec.num_iconic_heldout} iconic ones")
     return 0
 
 
@@ -73,7 +74,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _ablate(args: argparse.Namespace) -> int:
     from ezsd_core import ablation
 
-    ablation.ablate(args.params, overrides=tuple(args.set or ()))
+    ablation.ablate(args.params, overrides=tuple(args.set or ()), intervals_only=args.intervals_only,
+                    num_resamples=args.num_resamples, seed=args.bootstrap_seed)
     return 0
 
 
@@ -97,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="full EZSD vs no distillation / untuned-CLIP regions / random boxes")
     ab.add_argument("params", type=Path, help="params/<split>.yaml (e.g. params/toy_coco.yaml)")
     ab.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant")
+    ab.add_argument("--intervals-only", action="store_true",
+                    help="recompute only the bootstrap intervals of the existing variant runs (no training)")
+    ab.add_argument("--num-resamples", type=int, default=1000, help="bootstrap resamples of the val images")
+    ab.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
     ab.set_defaults(func=_ablate)
     pr = sub.add_parser("predict", help="detect any category names on any images with a trained run")
     pr.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")
@@ -113,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--num-train", type=int)
     t.add_argument("--num-val", type=int)
+    t.add_argument("--web-seed", type=int, help="seed of the teacher's pictures (default 0: one teacher for all)")
+    t.add_argument("--num-web", type=int)
     t.add_argument("--num-iconic", type=int)
-    t.add_argument("--num-iconic-heldout", type=int)
     t.add_argument("--image-size", type=int)
     t.add_argument("--smoke", action="store_true", help="a tiny world for tests (8 train / 4 val images)")
     t.add_argument("--force", action="store_true", help="replace a world made with other arguments")

@@ -71,7 +71,7 @@ class CommonConfig:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class PretrainClipConfig(CommonConfig):
-    """Stage 00 (toy worlds only): train the tiny CLIP teacher on the iconic image-caption pairs."""
+    """Stage 00 (toy worlds only): train the tiny CLIP teacher on the toy web's captioned pictures."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
 
@@ -84,7 +84,8 @@ class PretrainClipConfig(CommonConfig):
     warmup_steps: int = knob(lo=0)
     logit_scale_init: float = knob(lo=0.01, hi=100.0)  # initial exp(logit_scale); 1.0, not CLIP's 1/0.07 (README)
     logit_scale_lr: float = knob(lo=0.0)  # the scale must grow fast once embeddings spread
-    augment_prob: float = knob(lo=0.0, hi=1.0)  # share of iconic images given crop-like zoom / aspect / noise
+    augment_prob: float = knob(lo=0.0, hi=1.0)  # share of pictures given crop-like zoom / aspect / noise
+    image_warmup_steps: int = knob(lo=0)  # first steps: image tower alone, supervised (LiT-style start)
     backbone_steps: int = knob(lo=0)  # the toy "ImageNet": detector backbone trained on iconic base images
     backbone_lr: float = knob(lo=0.0)
     log_every: int = knob(lo=1, default=50)  # steps between loss/accuracy log rows

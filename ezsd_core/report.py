@@ -203,29 +203,94 @@ def detections_on_images(stage_path: Path | str, num_images: int = 4, min_score:
     return fig
 
 
+def _variant_rows(table: dict) -> dict[str, dict]:
+    """The variants of an ``ablation.json`` (rows with a label; ``differences`` / ``bootstrap`` are not)."""
+    return {name: row for name, row in table.items() if isinstance(row, dict) and "label" in row}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _cell(value: Any, interval: Any = None, signed: bool = False) -> str:
+    """``0.312 [0.270, 0.351]``; ``n/a`` without a value; the interval only where both ends are known."""
+    v = _number(value)
+    if v is None:
+        return "n/a"
+    text = f"{v:+.3f}" if signed else f"{v:.3f}"
+    ends = [_number(e) for e in interval] if isinstance(interval, list | tuple) and len(interval) == 2 else []
+    return text + (f" [{ends[0]:.3f}, {ends[1]:.3f}]" if ends and None not in ends else "")
+
+
+def _differences_table(table: dict, keys: tuple[str, ...]) -> list[str]:
+    rows = _variant_rows(table)
+    lines = ["| paired difference | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, per_key in table["differences"].items():
+        ref, _, other = name.partition(" - ")
+        label = f"{rows[ref]['label']} − {rows[other]['label']}" if ref in rows and other in rows else name
+        cells = []
+        for k in keys:
+            d = per_key.get(k) or {}
+            p = _number(d.get("p_le_0"))
+            cells.append(_cell(d.get("delta"), [d.get("lo"), d.get("hi")], signed=True)
+                         + (f", p≤0 {p:.2f}" if p is not None else ""))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    b = table.get("bootstrap") or {}
+    lines.append(f"\n{b.get('level', 0.95):.0%} percentile intervals over {b.get('num_images', '?')} val images "
+                 f"resampled {b.get('num_resamples', '?')} times (seed {b.get('seed', '?')}); differences on the "
+                 "same resamples; p≤0: share of resamples where the difference is ≤ 0.")
+    return lines
+
+
 def ablation_table(table: dict, keys: tuple[str, ...]) -> str:
-    """A Markdown table of ablation variants (rows) by metric keys (columns)."""
+    """Markdown tables of an ``ablation.json``: variants (rows) by metric keys (columns).
+
+    Each value carries its bootstrap interval where the file has one (``row["ci"][key] = [lo, hi]``);
+    a second table gives the paired differences (d) - (x) with their intervals when the file has
+    ``differences``. Files written before the intervals give the first table with bare values.
+    """
     lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    for row in table.values():
-        cells = [f"{row.get(k):.3f}" if isinstance(row.get(k), float) else "n/a" for k in keys]
-        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    for row in _variant_rows(table).values():
+        ci = row.get("ci") or {}
+        lines.append(f"| {row['label']} | " + " | ".join(_cell(row.get(k), ci.get(k)) for k in keys) + " |")
+    if table.get("differences"):
+        lines += ["", *_differences_table(table, keys)]
     return "\n".join(lines)
 
 
+def _error_bars(row: dict, keys: tuple[str, ...], values: list[float]) -> list[list[float]] | None:
+    """(2, len(keys)) distances below / above each value to its interval ends; None without intervals."""
+    ci = row.get("ci") or {}
+    ends = [[_number(e) for e in ci[k]] if isinstance(ci.get(k), list | tuple) else [None, None] for k in keys]
+    if all(None in e for e in ends):
+        return None
+    # clipped at 0: a bar is metrics.json's rounded value, which may sit a hair outside its interval
+    return [[max(v - lo, 0.0) if lo is not None else 0.0 for v, (lo, _) in zip(values, ends)],
+            [max(hi - v, 0.0) if hi is not None else 0.0 for v, (_, hi) in zip(values, ends)]]
+
+
 def ablation_chart(table: dict, keys: tuple[str, ...]):
-    """Grouped bars of the ablation variants for each metric key; returns the Figure."""
+    """Grouped bars of the ablation variants for each metric key, with the 95% bootstrap interval of
+    each bar as an error bar where the file has intervals; returns the Figure."""
     import matplotlib.pyplot as plt
     import numpy as np
 
+    rows = list(_variant_rows(table).values())
     x = np.arange(len(keys))
-    width = 0.8 / max(len(table), 1)
-    fig, ax = plt.subplots(figsize=(2.2 * len(keys) + 2, 3.2))
-    for n, row in enumerate(table.values()):
-        vals = [row.get(k) if isinstance(row.get(k), float) else 0.0 for k in keys]
-        bars = ax.bar(x + (n - (len(table) - 1) / 2) * width, vals, width, label=row["label"])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    width = 0.8 / max(len(rows), 1)
+    fig, ax = plt.subplots(figsize=(2.2 * len(keys) + 4, 3.2))
+    for n, row in enumerate(rows):
+        vals = [_number(row.get(k)) or 0.0 for k in keys]
+        yerr = _error_bars(row, keys, vals)
+        bars = ax.bar(x + (n - (len(rows) - 1) / 2) * width, vals, width, label=row["label"], yerr=yerr,
+                      capsize=2, error_kw={"elinewidth": 0.8})
+        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=2)
     ax.set_xticks(x, keys)
-    ax.set_ylabel("AP50")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylabel("AP50" if all("/AP50_" in k for k in keys) else "AP")
+    if b := table.get("bootstrap"):
+        ax.set_title(f"bars: {b.get('level', 0.95):.0%} bootstrap interval over {b.get('num_images', '?')} "
+                     "val images", fontsize=8)
+    ax.margins(y=0.12)  # room for the labels above the error bars
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: bars and whiskers stay visible
     fig.tight_layout()
     return fig

@@ -3,7 +3,7 @@
 Role: one ``CategorySplit`` maps dataset category ids <-> contiguous labels <-> prompt names <->
 base/novel for a split (DESIGN.md II.8). COCO settings come from the fixed lists in
 ``resources/splits.json`` (arXiv 2303.12145 settings); LVIS settings derive frequent/common/rare
-from each category's ``frequency`` in the annotation file; toy splits use ``TOY_NOVEL``.
+from each category's ``frequency`` in the annotation file; toy splits use ``TOY_NOVEL`` and ``TOY_OTHER``.
 Reads: ``resources/splits.json``. Layer 0: standard library only.
 """
 
@@ -21,6 +21,8 @@ VOCABS = ("base", "novel", "all", "proposal")
 ROLES = ("base", "novel", "other")
 # Novel categories of the toy COCO split = rare categories of the toy LVIS world (by construction).
 TOY_NOVEL = ("star", "heart", "crescent", "arrow", "bowtie", "lightning")
+# Shapes in neither toy subset, as COCO's 15 unused names: in the scenes and the proposal vocabulary only.
+TOY_OTHER = ("clover", "crown", "bone", "keyhole", "wave")
 LVIS_JSON_TO_PROMPT = {"speaker_(stero_equipment)": "speaker_(stereo_equipment)"}
 
 
@@ -144,7 +146,7 @@ def split_from_categories(name: str, categories: Sequence[Mapping[str, Any]]) ->
     cats = sorted((dict(c) for c in categories), key=lambda c: c["id"])
     ref = reference_lists()
     if name in ("smoke", "toy_coco"):
-        roles = ["novel" if c["name"] in TOY_NOVEL else "base" for c in cats]
+        roles = ["novel" if c["name"] in TOY_NOVEL else "other" if c["name"] in TOY_OTHER else "base" for c in cats]
         return _from_roles(name, "coco", cats, roles, [True] * len(cats))
     if name == "coco_48_17":
         return _coco_split(name, cats, ref["coco_zeroshot_base48"], ref["coco_zeroshot_novel17"])

@@ -35,14 +35,14 @@ class ToyCNN(nn.Module):
     projection to the joint embedding).
 
     Args:
-        widths: channels of each stage (each halves the resolution).
+        widths: channels of each stage (each halves the resolution; width is cheap in the late, small stages).
         convs_per_stage: conv blocks per stage.
         num_classes: output dimension of the head (open_clip passes its embed dim); 0 = no head.
         global_pool: ``"avg"`` (the only pooling implemented).
         in_chans: input channels.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), convs_per_stage: int = 2,
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 96, 192), convs_per_stage: int = 2,
                  num_classes: int = 64, global_pool: str = "avg", in_chans: int = 3, **_: object):
         super().__init__()
         layers: list[nn.Module] = []

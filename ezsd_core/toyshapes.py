@@ -17,6 +17,9 @@ CATEGORY_NAMES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring", "hexagon", "heart",
     "arrow", "crescent", "diamond", "pentagon", "ellipse", "trapezoid", "semicircle", "plus",
     "parallelogram", "chevron", "bowtie", "lightning", "drop", "frame", "tee", "ell",
+    # "other" shapes (toy counterparts of COCO's 15 names in neither subset): they appear in the
+    # COCO-style scenes and the teacher's web data, and their names score regions (stage 02)
+    "clover", "crown", "bone", "keyhole", "wave",
 )
 
 
@@ -57,6 +60,17 @@ def _drop() -> Polygon:
     return pts
 
 
+def _wave() -> Polygon:
+    top = [(x / 20 * 2 - 1, 0.35 * math.sin(math.pi * 2 * (x / 20 * 2 - 1)) - 0.22) for x in range(21)]
+    return top + [(x, y + 0.44) for x, y in reversed(top)]
+
+
+def _keyhole() -> Polygon:
+    pts = [(0.55 * math.cos(math.radians(a)), -0.35 + 0.55 * math.sin(math.radians(a)))
+           for a in range(120, 420, 10)]  # an open disc on top ...
+    return pts + [(0.4, 1.0), (-0.4, 1.0)]  # ... over a flared foot
+
+
 _SHAPES: dict[str, list[tuple[Polygon, bool]]] = {
     "circle": [(_ellipse(1.0, 1.0), True)],
     "square": [([(-0.75, -0.75), (0.75, -0.75), (0.75, 0.75), (-0.75, 0.75)], True)],
@@ -89,6 +103,13 @@ _SHAPES: dict[str, list[tuple[Polygon, bool]]] = {
     "tee": [([(-0.8, -0.8), (0.8, -0.8), (0.8, -0.45), (0.17, -0.45), (0.17, 0.9), (-0.17, 0.9),
               (-0.17, -0.45), (-0.8, -0.45)], True)],
     "ell": [([(-0.6, -0.9), (-0.25, -0.9), (-0.25, 0.55), (0.6, 0.55), (0.6, 0.9), (-0.6, 0.9)], True)],
+    "clover": [(_ellipse(0.45, 0.45, 0.5 * math.cos(a), 0.5 * math.sin(a)), True)
+               for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)] + [(_ellipse(0.3, 0.3), True)],
+    "crown": [([(-0.9, 0.6), (-0.9, -0.6), (-0.45, 0.0), (0, -0.8), (0.45, 0.0), (0.9, -0.6), (0.9, 0.6)], True)],
+    "bone": [([(-0.6, -0.17), (0.6, -0.17), (0.6, 0.17), (-0.6, 0.17)], True)]
+            + [(_ellipse(0.24, 0.24, sx * 0.7, sy * 0.2), True) for sx in (-1, 1) for sy in (-1, 1)],
+    "keyhole": [(_keyhole(), True)],
+    "wave": [(_wave(), True)],
 }
 
 

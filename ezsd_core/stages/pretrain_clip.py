@@ -1,11 +1,12 @@
-"""Stage 00 `pretrain_clip` (toy worlds only): train the tiny CLIP teacher on iconic image-caption pairs.
+"""Stage 00 `pretrain_clip` (toy worlds only): train the tiny CLIP teacher on the toy "web" (captioned
+pictures of shapes in context, plus iconic ones), and the detector backbone on iconic base shapes.
 
 Paper step: none. EZSD starts from OpenAI CLIP ViT-B/32 (arXiv 2303.12145 §3); this stage makes
 the stand-in for the toy world, where no CLIP weights can be downloaded.
-Reads: ``<data_root>/iconic/{train,heldout}.jsonl`` + images, ``<data_root>/world.json``, val scene GT.
+Reads: ``<data_root>/{web,iconic}/{train,heldout}.jsonl`` + images, ``<data_root>/world.json``, val scene GT.
 Writes: ``00_pretrain_clip/{open_clip_model.safetensors, metrics.json, train_log.jsonl, manifest.json}``.
 A checkpoint shipped in ``ezsd_core/resources/teacher`` is used instead of training when its recipe
-(this stage's knobs, the seed and the iconic data spec) is the same, unless ``force``.
+(this stage's knobs, the seed and the pictures' spec) is the same, unless ``force``.
 Imports: config, artefacts, runtime, data, crops, clip (layers 0-2).
 """
 
@@ -29,14 +30,14 @@ from tqdm import tqdm
 from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards, toyworld
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import PretrainClipConfig
-from ezsd_core.splits import CategorySplit
 
 STAGE = "pretrain_clip"
 WEIGHTS = "open_clip_model.safetensors"
 BACKBONE = "backbone.safetensors"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the detector's normalisation
 PROMPT = "a photo of a {}"
-NO_CATEGORY = -1  # iconic pictures of clutter: positives of each other in the contrastive loss
+NO_CATEGORY = -1  # web pictures of clutter: positives of each other in the contrastive loss
+PICTURE_SPEC = ("web_seed", "num_web", "num_web_background", "web_size", "num_iconic", "iconic_size")
 log = logging.getLogger(__name__)
 
 
@@ -84,27 +85,22 @@ def zero_shot_top1(image_embeds: Tensor, class_embeds: Tensor, labels: Tensor) -
 # data
 
 
-def load_iconic(root: Path, subset: str, size: int, split: CategorySplit) -> tuple[Tensor, Tensor, list[str]]:
-    """Iconic pairs of one subset, resized once to the model input size.
-
-    The iconic files carry the toy world's COCO-style ids; they are translated by name into ``split``'s
-    dataset ids (the LVIS version of the world numbers its categories densely).
+def load_pictures(root: Path, kind: str, subset: str, size: int) -> tuple[Tensor, Tensor, list[str]]:
+    """The teacher's pictures of one kind (``web`` / ``iconic``) and subset, resized once to ``size``.
 
     Returns:
-        images (N, 3, size, size) uint8, ``split`` category ids (N,) int64 (-1: a picture of no
-        category), N captions.
+        images (N, 3, size, size) uint8; category indices into ``toyworld.CATEGORY_NAMES`` (N,) int64
+        (NO_CATEGORY: a picture of no category), by name, whatever a split numbers them; N captions.
     """
-    rows = [json.loads(line) for line in (root / "iconic" / f"{subset}.jsonl").read_text().splitlines()]
-    pics = [np.asarray(Image.open(root / "iconic" / r["file"]).convert("RGB")) for r in rows]
-    name_of = dict(zip(toyworld.category_ids(), toyworld.CATEGORY_NAMES, strict=True))
-    split_id = dict(zip(split.names, split.category_ids, strict=True))
-    ids = torch.tensor([NO_CATEGORY if r["category_id"] is None else split_id[name_of[r["category_id"]]]
-                        for r in rows])
+    rows = [json.loads(line) for line in (root / kind / f"{subset}.jsonl").read_text().splitlines()]
+    pics = [np.asarray(Image.open(root / kind / r["file"]).convert("RGB")) for r in rows]
+    index_of = {cid: k for k, cid in enumerate(toyworld.category_ids())}
+    ids = torch.tensor([NO_CATEGORY if r["category_id"] is None else index_of[r["category_id"]] for r in rows])
     return iconic_batch(pics, size), ids, [r["caption"] for r in rows]
 
 
 def iconic_batch(pictures: list[np.ndarray], size: int) -> Tensor:
-    """N (H, W, 3) uint8 iconic pictures -> (N, 3, size, size) uint8, resized once (antialiased bicubic)."""
+    """N (H, W, 3) uint8 pictures -> (N, 3, size, size) uint8, resized once (antialiased bicubic)."""
     small = crops.resize_images(torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2), size)
     return (small * 255).round().to(torch.uint8)
 
@@ -218,12 +214,21 @@ def _lr_factor(step: int, cfg: PretrainClipConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
+PROTOTYPE_SCALE = 16.0  # cos multiplier of the image tower's warm-up classifier
+
+
 def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[str], cfg: PretrainClipConfig,
           evaluate, log_path: Path) -> list[dict]:
-    """Train both towers contrastively; log loss (and ``evaluate()``'s metrics every ``log_every`` steps).
+    """Train the teacher; log loss (and ``evaluate()``'s metrics every ``log_every`` steps).
+
+    The first ``image_warmup_steps`` steps train the image tower alone to classify the pictures'
+    categories (cosine against learned prototypes, one for "no category"), as CLIP-style models are
+    often started from a pretrained image tower (LiT, Zhai et al. 2022): both towers of a tiny CLIP
+    trained from scratch on 29 shapes sit at the symmetric start (loss = ln of the captions per batch)
+    for a long while, or forever. The remaining steps train both towers contrastively.
 
     Args:
-        images: (N, 3, S, S) uint8; classes: (N,) category ids; captions: N strings.
+        images: (N, 3, S, S) uint8; classes: (N,) category indices (NO_CATEGORY: none); captions: N strings.
         evaluate: callable returning a dict of metrics (called in eval mode).
         log_path: ``train_log.jsonl`` (written atomically at the end; progress goes to the logger).
 
@@ -231,6 +236,11 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         The logged rows.
     """
     model = teacher.model.train().requires_grad_(True)
+    num_classes = int(classes.max()) + 2  # the categories and "no category" (last row)
+    with torch.no_grad():
+        dim = model.encode_image(crops.normalize(images[:1].float() / 255)).shape[1]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    prototypes = nn.Parameter(torch.randn(num_classes, dim, generator=gen))
     with torch.no_grad():  # the recipe starts exp(logit_scale) at 1.0, not CLIP's 1/0.07 (README)
         model.logit_scale.fill_(math.log(cfg.logit_scale_init))
     distinct = sorted(set(captions))
@@ -238,19 +248,23 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     caption_of = torch.tensor([distinct.index(c) for c in captions])
     caption_class = torch.empty(len(distinct), dtype=torch.int64)
     caption_class[caption_of] = classes
-    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    groups = _param_groups(model, cfg) + [{"params": [prototypes], "base_lr": cfg.lr, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     rows = []
     for step in tqdm(range(cfg.num_steps), desc="pretrain_clip", unit="step", mininterval=5):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
         x = crops.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
-        batch_captions = torch.unique(caption_of[idx])
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
         img = nn.functional.normalize(model.encode_image(x), dim=-1)
-        txt = nn.functional.normalize(model.encode_text(tokens[batch_captions]), dim=-1)
-        scale = model.logit_scale.exp().clamp(max=100)
-        loss = contrastive_loss(img, txt, classes[idx], caption_class[batch_captions], scale)
+        if step < cfg.image_warmup_steps:
+            logits = PROTOTYPE_SCALE * img @ nn.functional.normalize(prototypes, dim=-1).T
+            loss = nn.functional.cross_entropy(logits, torch.where(classes[idx] < 0, num_classes - 1, classes[idx]))
+        else:
+            batch_captions = torch.unique(caption_of[idx])
+            txt = nn.functional.normalize(model.encode_text(tokens[batch_captions]), dim=-1)
+            scale = model.logit_scale.exp().clamp(max=100)
+            loss = contrastive_loss(img, txt, classes[idx], caption_class[batch_captions], scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -271,14 +285,15 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
 
 
 def recipe(cfg: PretrainClipConfig) -> dict:
-    """What determines the trained weights: this stage's own knobs, the seed and the iconic data spec."""
+    """What determines the trained weights: this stage's own knobs, the seed and the pictures' spec
+    (the web seed, not the scenes' seed: one teacher serves every world)."""
     own = {f.name for f in fields(PretrainClipConfig)} - {f.name for f in fields(config.CommonConfig)}
     values = config.config_dict(cfg)
     world = json.loads((cfg.data_root / "world.json").read_text())
-    iconic = {k: world["spec"].get(k) for k in ("seed", "num_iconic", "num_iconic_background", "iconic_size")}
+    pictures = {k: world["spec"].get(k) for k in PICTURE_SPEC}
     base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
     return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
-            "seed": cfg.seed, "iconic": iconic, "categories": world["categories"],
+            "seed": cfg.seed, "pictures": pictures, "categories": world["categories"],
             "iconic_version": world["iconic_version"], "backbone_classes": list(base)}  # by name
 
 
@@ -303,12 +318,11 @@ def _backbone(cfg: PretrainClipConfig, out: Path, train_it: bool) -> dict[str, f
     (nothing at all when ``backbone_steps`` is 0)."""
     if cfg.backbone_steps == 0:
         return {}
-    split = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split)
-    base = split.ids("base")
-    label = {cid: k for k, cid in enumerate(base)}
+    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
+    label = {toyworld.CATEGORY_NAMES.index(n): k for k, n in enumerate(base)}
 
     def subset(name: str) -> tuple[Tensor, Tensor]:
-        images, ids, _ = load_iconic(cfg.data_root, name, 64, split)
+        images, ids, _ = load_pictures(cfg.data_root, "iconic", name, 64)
         keep = torch.tensor([int(c) in label for c in ids])
         return images[keep], torch.tensor([label[int(c)] for c in ids[keep]])
 
@@ -336,25 +350,30 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     rhash = artefacts.hash_json(recipe(cfg))
     teacher = clip.build_clip(cfg.clip_model, None, allow_random_init=True)
     crop_x, crop_y, split = scene_crops(cfg, teacher.image_size)
-    names, lut = split.names, {cid: k for k, cid in enumerate(split.category_ids)}  # text rows: split order
-    held_x, held_y, _ = load_iconic(cfg.data_root, "heldout", teacher.image_size, split)
+    names, lut = split.prompt_names("all"), {cid: k for k, cid in enumerate(split.ids("all"))}  # stage 01's vocabulary
+    labels = torch.tensor([lut[int(c)] for c in crop_y])
     novel = torch.tensor([split.role_of(int(c)) == "novel" for c in crop_y], dtype=torch.bool)
+    heldout = {kind: load_pictures(cfg.data_root, kind, "heldout", teacher.image_size)[:2] for kind in ("web", "iconic")}
 
     @torch.no_grad()
     def evaluate() -> dict:
+        out = {}
+        every = clip.encode_texts(teacher, toyworld.CATEGORY_NAMES, [PROMPT])
+        for kind, (x, y) in heldout.items():  # every picture's own vocabulary: all the web's names
+            emb = clip.encode_images(teacher, crops.normalize(x.float() / 255))
+            out[f"{kind}/top1"] = round(zero_shot_top1(emb, every, y), 4)
         text = clip.encode_texts(teacher, names, [PROMPT])
-        it = zero_shot_top1(clip.encode_images(teacher, crops.normalize(held_x.float() / 255)), text,
-                            torch.tensor([lut[int(c)] for c in held_y]))
         emb = clip.encode_images(teacher, crops.normalize(crop_x))
-        labels = torch.tensor([lut[int(c)] for c in crop_y])
-        return {"iconic/top1": round(it, 4), "scene_crop/top1": round(zero_shot_top1(emb, text, labels), 4),
+        return {**out, "scene_crop/top1": round(zero_shot_top1(emb, text, labels), 4),
                 "scene_crop/top1_base": round(zero_shot_top1(emb[~novel], text, labels[~novel]), 4),
                 "scene_crop/top1_novel": round(zero_shot_top1(emb[novel], text, labels[novel]), 4)}
 
     shipped = _use_shipped(cfg, rhash, out)
     t0 = time.perf_counter()
     if shipped is None:
-        images, classes, captions = load_iconic(cfg.data_root, "train", teacher.image_size, split)
+        parts = [load_pictures(cfg.data_root, kind, "train", teacher.image_size) for kind in ("web", "iconic")]
+        images, classes = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        captions = [c for p in parts for c in p[2]]
         train(teacher, images, classes, captions, cfg, evaluate, out / "train_log.jsonl")
         shards.save_tensors(out / WEIGHTS, teacher.model.state_dict())
     else:
@@ -362,7 +381,7 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         artefacts.atomic_write_bytes(out / "train_log.jsonl", (shipped_teacher() / "train_log.jsonl").read_bytes())
     seconds = round(time.perf_counter() - t0, 1)
     metrics = {**evaluate(), **_backbone(cfg, out, shipped is None), "num_scene_crops": len(crop_y),
-               "num_iconic_heldout": len(held_y)}
+               **{f"num_{kind}_heldout": len(y) for kind, (_, y) in heldout.items()}}
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
     extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
              "source": "trained" if shipped is None else "shipped",

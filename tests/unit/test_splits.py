@@ -42,7 +42,11 @@ def test_toy_splits() -> None:
             for i, n in enumerate(CATEGORY_NAMES)]
     s = splits.split_from_categories("toy_coco", cats)
     assert s.prompt_names("novel") == tuple(n for n in CATEGORY_NAMES if n in splits.TOY_NOVEL)
-    assert len(s.ids("base")) == 18
+    assert len(s.ids("base")) == 18 and len(s.ids("all")) == 24
+    # the "other" shapes, as COCO's 15 unused names: proposal vocabulary only, never base or novel
+    assert s.prompt_names("proposal") == CATEGORY_NAMES and len(splits.TOY_OTHER) == 5
+    assert {s.role_of(c) for c in s.ids("proposal")} - {s.role_of(c) for c in s.ids("all")} == {"other"}
+    cats = [c for c in cats if c["name"] not in splits.TOY_OTHER]  # the LVIS world has no "other" shape
     lv = splits.split_from_categories("toy_lvis", cats)
     assert lv.style == "lvis" and len(lv.ids("novel")) == 6 and lv.frequency[-1] == "r"
 

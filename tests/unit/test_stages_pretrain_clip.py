@@ -7,19 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from ezsd_core import data
+from ezsd_core import data, toyworld
 from ezsd_core.stages import pretrain_clip
 
 
-@pytest.mark.parametrize("ann", ["coco/annotations/instances_val.json", "lvis/annotations/lvis_v1_val.json"])
-def test_iconic_ids_are_translated_into_the_splits_numbering(smoke_world: Path, ann: str) -> None:
-    split = data.read_split(smoke_world / ann, "toy_lvis" if ann.startswith("lvis") else "toy_coco")
-    images, ids, captions = pretrain_clip.load_iconic(smoke_world, "train", 16, split)
+@pytest.mark.parametrize("kind", ["web", "iconic"])
+def test_pictures_are_labelled_by_name_whatever_the_split_numbering(smoke_world: Path, kind: str) -> None:
+    images, ids, captions = pretrain_clip.load_pictures(smoke_world, kind, "train", 16)
     assert images.shape == (len(captions), 3, 16, 16) and images.dtype == torch.uint8
-    assert (ids == pretrain_clip.NO_CATEGORY).sum() > 0  # the clutter pictures
-    for cid, caption in zip(ids.tolist(), captions):
-        if cid != pretrain_clip.NO_CATEGORY:  # the LVIS world numbers categories 1..24, COCO sparsely
-            assert split.name_of(cid) in caption.split()
+    assert ((ids == pretrain_clip.NO_CATEGORY).sum() > 0) == (kind == "web")  # the clutter pictures
+    for k, caption in zip(ids.tolist(), captions):
+        if k != pretrain_clip.NO_CATEGORY:  # indices into the web's vocabulary, not a split's ids
+            assert toyworld.CATEGORY_NAMES[k] in caption.split()
+    for ann, name in (("coco/annotations/instances_val.json", "toy_coco"), ("lvis/annotations/lvis_v1_val.json",
+                                                                             "toy_lvis")):
+        split = data.read_split(smoke_world / ann, name)  # the LVIS world numbers 1..24, COCO sparsely
+        assert set(split.names) <= set(toyworld.CATEGORY_NAMES)
 
 
 def test_contrastive_loss_treats_same_category_captions_as_positives() -> None:

@@ -1,0 +1,86 @@
+"""What the distillation targets of a run show: background, pieces of objects, or whole objects.
+
+Reads a run's ``03_extract_features`` shards and, as a diagnostic only (no stage may), **every**
+annotation of the training split, novel and "other" categories included. Each stage-03 region is put
+in one bin by its best overlap with any training GT box (XYXY absolute pixels):
+  * ``background``: IoU < 0.1 with every GT box;
+  * ``<role>_object``: IoU >= 0.5 with a GT box of that role (base / novel / other);
+  * ``<role>_part``: otherwise, the role of the box it overlaps most (0.1 <= IoU < 0.5).
+Also: the share of novel training objects that some region covers at IoU >= 0.5 ("novel objects
+targeted"), the mean distillation weight (CLIP's max probability) per bin, and how CLIP named the
+regions of each bin (share named novel).
+
+    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X]
+writes benchmarks/results/diagnose_regions_<run name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_iou
+
+from ezsd_core import artefacts, config, data, shards
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def region_bins(records: list, index: dict, split) -> dict:
+    """Bin counts, weights and names of every stage-03 region over ``records`` (all GT of every role)."""
+    count, weight, named_novel = collections.Counter(), collections.defaultdict(float), collections.Counter()
+    novel_objects, novel_hit = 0, 0
+    for r in records:
+        if r.image_id not in index:
+            continue
+        shard, pos = index[r.image_id]
+        rows = shard.rows(pos, "region")
+        boxes, probs, cats = rows["region_boxes"].float(), rows["region_probs"].float(), rows["region_category_ids"]
+        roles = [split.role_of(int(c)) for c in r.gt_category_ids]
+        iou = box_iou(boxes, r.gt_boxes.float()) if len(r.gt_boxes) else torch.zeros(len(boxes), 0)
+        for j in range(len(boxes)):
+            best = float(iou[j].max()) if iou.shape[1] else 0.0
+            role = roles[int(iou[j].argmax())] if iou.shape[1] else ""
+            name = "background" if best < 0.1 else f"{role}_object" if best >= 0.5 else f"{role}_part"
+            count[name] += 1
+            weight[name] += float(probs[j])
+            named_novel[name] += split.role_of(int(cats[j])) == "novel"
+        for g, role in enumerate(roles):
+            if role == "novel":
+                novel_objects += 1
+                novel_hit += bool(len(boxes)) and float(iou[:, g].max()) >= 0.5
+    total = sum(count.values())
+    return {"num_regions": total, "share": {k: round(v / total, 4) for k, v in sorted(count.items())},
+            "mean_weight": {k: round(weight[k] / count[k], 4) for k in sorted(count)},
+            "named_novel": {k: round(named_novel[k] / count[k], 4) for k in sorted(count)},
+            "novel_objects": novel_objects, "novel_objects_targeted": round(novel_hit / max(novel_objects, 1), 4)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--params", type=Path, default=Path("params/toy_coco.yaml"))
+    p.add_argument("--run", type=Path, help="run root (default: the params file's)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    args = p.parse_args()
+    overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
+    cfg = config.stage_config(config.read_params(args.params), "extract_features", source=str(args.params),
+                              overrides=overrides)
+    manifest = artefacts.require_complete(cfg.run_root, "extract_features")
+    index = {}
+    for out in manifest["outputs"]:
+        shard = shards.RaggedShard(artefacts.stage_dir(cfg.run_root, "extract_features") / out["path"])
+        index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
+    split, records = data.read_config_records(cfg, "train", vocab="proposal", keep_empty=True)
+    result = {"run": str(cfg.run_root), **region_bins(records, index, split)}
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"diagnose_regions_{Path(cfg.run_root).name}.json"
+    artefacts.atomic_write_json(path, result)
+    print(json.dumps(result, indent=1))
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
