@@ -81,9 +81,10 @@ def main() -> None:
     p.add_argument("--run", type=Path, help="run root (default: the params file's)")
     p.add_argument("--max-images", type=int, default=200, help="val images for the GT-box top-1")
     p.add_argument("--out", type=Path)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="params override")
     args = p.parse_args()
     runtime.configure_threads()
-    overrides = [f"common.run_root={args.run}"] if args.run else []
+    overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "evaluate", source=str(args.params),
                               overrides=overrides)
     model, ids = evaluate.load_detector(cfg.run_root, "all", score_thresh=cfg.score_thresh,

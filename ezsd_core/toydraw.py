@@ -201,7 +201,7 @@ def _place(rng: np.random.Generator, size: int, radius: float, circles: list[tup
 # the range real CLIP shows on COCO crops (README, "Calibration").
 CAST = np.array([[0.6, 0.3, 0.1], [0.1, 0.5, 0.4], [0.3, 0.1, 0.6]], np.float32)  # rows: out R, G, B
 GAMMA, LIFT, RANGE = 0.45, 0.25, 0.5
-SCENE_CAMERA_STRENGTH = 1.0
+SCENE_CAMERA_STRENGTH = 0.8
 
 
 def camera_response(img: np.ndarray, strength: float) -> np.ndarray:

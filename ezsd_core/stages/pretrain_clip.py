@@ -34,6 +34,8 @@ from ezsd_core.config import PretrainClipConfig
 STAGE = "pretrain_clip"
 WEIGHTS = "open_clip_model.safetensors"
 BACKBONE = "backbone.safetensors"
+PART_FILES = {"teacher": WEIGHTS, "backbone": BACKBONE}
+BACKBONE_SIZE = 64  # px of the backbone's pretraining pictures (about a toy scene object's crop)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the detector's normalisation
 PROMPT = "a photo of a {}"
 NO_CATEGORY = -1  # web pictures of clutter: positives of each other in the contrastive loss
@@ -153,14 +155,26 @@ def _pooled_trunk(backbone: detector.ToyBackbone, x: Tensor) -> Tensor:
     return feats.mean((2, 3))
 
 
+def colour_jitter(x: Tensor, gen: torch.Generator) -> Tensor:
+    """(B, 3, S, S) in [0, 1] -> the same pictures under random per-picture colour responses: a gamma
+    in [0.4, 2.5], per-channel gains in [0.6, 1.4] and a contrast in [0.5, 1.2] around the mean."""
+    b = len(x)
+    r = lambda *shape: torch.rand(*shape, generator=gen)
+    gamma = torch.exp((r(b, 1, 1, 1) - 0.5) * 2 * math.log(2.5))
+    x = x.clamp(1e-4, 1) ** gamma * (0.6 + 0.8 * r(b, 3, 1, 1))
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return ((x - mean) * (0.5 + 0.7 * r(b, 1, 1, 1)) + mean).clamp(0, 1)
+
+
 def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: PretrainClipConfig) -> dict[str, Tensor]:
     """The toy world's "ImageNet" pretraining of the detector backbone (the real settings use
-    torchvision's ImageNet ResNet): supervised classification of iconic images of **base** categories
-    from globally pooled last-stage features. Half the images are shown as negatives, so the backbone
-    does not care about the scene camera's polarity (CLIP's gap is stage 01's business, not this one's).
+    torchvision's ImageNet ResNet): supervised classification of pictures whose subject is a **base**
+    category (web pictures in context and iconic ones; ImageNet photos show their object in context
+    too) from globally pooled last-stage features, with a random colour response per picture
+    (ImageNet-style colour augmentation: the backbone should not care which camera took a picture).
 
     Args:
-        images: (N, 3, S, S) uint8 iconic images; labels: (N,) int64 in 0..num_classes-1.
+        images: (N, 3, S, S) uint8 pictures; labels: (N,) int64 in 0..num_classes-1.
 
     Returns:
         The trunk's state dict (``stem.*``, ``stages.*``; the FPN is left to the detector) and the
@@ -176,8 +190,7 @@ def pretrain_backbone(images: Tensor, labels: Tensor, num_classes: int, cfg: Pre
         for g in opt.param_groups:
             g["lr"] = cfg.backbone_lr * factor
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        x = crop_like(images[idx], gen, cfg.augment_prob) / 255
-        x = torch.where((torch.rand(len(x), generator=gen) < 0.5)[:, None, None, None], 1 - x, x)
+        x = colour_jitter(crop_like(images[idx], gen, cfg.augment_prob) / 255, gen)
         loss = nn.functional.cross_entropy(head(_pooled_trunk(backbone, x)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -284,17 +297,23 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
 # the stage
 
 
-def recipe(cfg: PretrainClipConfig) -> dict:
-    """What determines the trained weights: this stage's own knobs, the seed and the pictures' spec
-    (the web seed, not the scenes' seed: one teacher serves every world)."""
+BACKBONE_KNOBS = ("backbone_steps", "backbone_lr", "batch_size", "weight_decay", "augment_prob")
+
+
+def recipe(cfg: PretrainClipConfig) -> dict[str, dict]:
+    """What determines each trained artefact, ``teacher`` and ``backbone``: its knobs, the seed, the
+    pictures' spec (the web seed, not the scenes' seed: one teacher serves every world) and, for the
+    backbone, its classes (by name). Each is reused from the shipped folder when its own recipe matches."""
     own = {f.name for f in fields(PretrainClipConfig)} - {f.name for f in fields(config.CommonConfig)}
+    own -= set(PretrainClipConfig.RUNTIME_FIELDS)
     values = config.config_dict(cfg)
     world = json.loads((cfg.data_root / "world.json").read_text())
-    pictures = {k: world["spec"].get(k) for k in PICTURE_SPEC}
+    common = {"seed": cfg.seed, "pictures": {k: world["spec"].get(k) for k in PICTURE_SPEC},
+              "categories": world["categories"], "iconic_version": world["iconic_version"]}
     base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
-    return {"knobs": {k: values[k] for k in sorted(own - set(PretrainClipConfig.RUNTIME_FIELDS))},
-            "seed": cfg.seed, "pictures": pictures, "categories": world["categories"],
-            "iconic_version": world["iconic_version"], "backbone_classes": list(base)}  # by name
+    teacher_knobs = sorted(own - {"backbone_steps", "backbone_lr"})
+    return {"teacher": {"knobs": {k: values[k] for k in teacher_knobs}, **common},
+            "backbone": {"knobs": {k: values[k] for k in BACKBONE_KNOBS}, **common, "backbone_classes": list(base)}}
 
 
 def shipped_teacher() -> Path:
@@ -302,35 +321,51 @@ def shipped_teacher() -> Path:
     return Path(str(resources.files("ezsd_core").joinpath("resources/teacher")))
 
 
-def _use_shipped(cfg: PretrainClipConfig, recipe_hash: str, out: Path) -> dict | None:
+def _use_shipped(cfg: PretrainClipConfig, hashes: dict[str, str], out: Path) -> tuple[dict | None, set[str]]:
+    """Copy each shipped artefact whose recipe hash matches (none when ``force``).
+
+    Returns:
+        The shipped manifest (None if absent) and the set of parts taken from it (``teacher``, ``backbone``).
+    """
     record = artefacts.read_manifest(shipped_teacher())
-    if cfg.force or record is None or record.get("recipe_hash") != recipe_hash:
-        return None
-    for name in (WEIGHTS, BACKBONE) if cfg.backbone_steps > 0 else (WEIGHTS,):
-        with artefacts.atomic_path(out / name) as tmp:
-            shutil.copyfile(shipped_teacher() / name, tmp)
-    log.info("using the shipped teacher (same recipe %s; train it again with --force)", recipe_hash[:15])
-    return record
+    if cfg.force or record is None:
+        return record, set()
+    shipped = record.get("recipe_hashes", {})
+    taken = {part for part in hashes if shipped.get(part) == hashes[part]}
+    if cfg.backbone_steps == 0:
+        taken.discard("backbone")
+    for part in sorted(taken):
+        with artefacts.atomic_path(out / PART_FILES[part]) as tmp:
+            shutil.copyfile(shipped_teacher() / PART_FILES[part], tmp)
+        log.info("using the shipped %s (same recipe %s; train it again with --force)", part, hashes[part][:15])
+    return record, taken
+
+
+def _backbone_pictures(cfg: PretrainClipConfig, subset: str) -> tuple[Tensor, Tensor]:
+    """Web and iconic pictures of ``subset`` whose subject is a base category, at 64 px, and their labels."""
+    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
+    label = {toyworld.CATEGORY_NAMES.index(n): k for k, n in enumerate(base)}
+    images, labels = [], []
+    for kind in toyworld.PICTURE_KINDS:
+        x, ids, _ = load_pictures(cfg.data_root, kind, subset, BACKBONE_SIZE)
+        keep = torch.tensor([int(c) in label for c in ids])
+        images.append(x[keep])
+        labels.append(torch.tensor([label[int(c)] for c in ids[keep]], dtype=torch.int64))
+    return torch.cat(images), torch.cat(labels)
 
 
 def _backbone(cfg: PretrainClipConfig, out: Path, train_it: bool) -> dict[str, float]:
-    """Pretrain (unless shipped) and evaluate the detector backbone on iconic images of base categories
+    """Pretrain (unless shipped) and evaluate the detector backbone on pictures of base categories
     (nothing at all when ``backbone_steps`` is 0)."""
     if cfg.backbone_steps == 0:
         return {}
-    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
-    label = {toyworld.CATEGORY_NAMES.index(n): k for k, n in enumerate(base)}
-
-    def subset(name: str) -> tuple[Tensor, Tensor]:
-        images, ids, _ = load_pictures(cfg.data_root, "iconic", name, 64)
-        keep = torch.tensor([int(c) in label for c in ids])
-        return images[keep], torch.tensor([label[int(c)] for c in ids[keep]])
-
     if train_it:
-        shards.save_tensors(out / BACKBONE, pretrain_backbone(*subset("train"), len(base), cfg))
+        images, labels = _backbone_pictures(cfg, "train")
+        shards.save_tensors(out / BACKBONE, pretrain_backbone(images, labels, int(labels.max()) + 1, cfg))
     from safetensors.torch import load_file
 
-    return {"backbone/iconic_top1_base": round(backbone_top1(load_file(str(out / BACKBONE)), *subset("heldout")), 4)}
+    state = load_file(str(out / BACKBONE))
+    return {"backbone/heldout_top1_base": round(backbone_top1(state, *_backbone_pictures(cfg, "heldout")), 4)}
 
 
 def run(cfg: PretrainClipConfig) -> StageResult:
@@ -347,7 +382,8 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     chash, upstream = config.config_hash(cfg), config.upstream_hashes(cfg)
     if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
         return StageResult(out, True, artefacts.read_manifest(out)["summary"])
-    rhash = artefacts.hash_json(recipe(cfg))
+    recipes = recipe(cfg)
+    hashes = {part: artefacts.hash_json(r) for part, r in recipes.items()}
     teacher = clip.build_clip(cfg.clip_model, None, allow_random_init=True)
     crop_x, crop_y, split = scene_crops(cfg, teacher.image_size)
     names, lut = split.prompt_names("all"), {cid: k for k, cid in enumerate(split.ids("all"))}  # stage 01's vocabulary
@@ -368,9 +404,9 @@ def run(cfg: PretrainClipConfig) -> StageResult:
                 "scene_crop/top1_base": round(zero_shot_top1(emb[~novel], text, labels[~novel]), 4),
                 "scene_crop/top1_novel": round(zero_shot_top1(emb[novel], text, labels[novel]), 4)}
 
-    shipped = _use_shipped(cfg, rhash, out)
+    shipped, taken = _use_shipped(cfg, hashes, out)
     t0 = time.perf_counter()
-    if shipped is None:
+    if "teacher" not in taken:
         parts = [load_pictures(cfg.data_root, kind, "train", teacher.image_size) for kind in ("web", "iconic")]
         images, classes = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         captions = [c for p in parts for c in p[2]]
@@ -380,12 +416,12 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         teacher = clip.build_clip(cfg.clip_model, str(out / WEIGHTS))
         artefacts.atomic_write_bytes(out / "train_log.jsonl", (shipped_teacher() / "train_log.jsonl").read_bytes())
     seconds = round(time.perf_counter() - t0, 1)
-    metrics = {**evaluate(), **_backbone(cfg, out, shipped is None), "num_scene_crops": len(crop_y),
+    metrics = {**evaluate(), **_backbone(cfg, out, "backbone" not in taken), "num_scene_crops": len(crop_y),
                **{f"num_{kind}_heldout": len(y) for kind, (_, y) in heldout.items()}}
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
-    extra = {"recipe_hash": rhash, "recipe": recipe(cfg), "determinism": determinism,
-             "source": "trained" if shipped is None else "shipped",
-             "shipped_record": None if shipped is None else {k: shipped[k] for k in ("summary", "command", "code")}}
+    extra = {"recipe_hashes": hashes, "recipe": recipes, "determinism": determinism,
+             "source": {part: "shipped" if part in taken else "trained" for part in hashes},
+             "shipped_record": {k: shipped[k] for k in ("summary", "command", "code")} if taken else None}
     outputs = [WEIGHTS, *([BACKBONE] if cfg.backbone_steps > 0 else []), "metrics.json", "train_log.jsonl"]
     manifest = artefacts.write_manifest(out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg),
                                         config_hash=chash, upstream=upstream, started_at=started,
