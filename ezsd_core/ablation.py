@@ -8,10 +8,10 @@ Variants, each on the same world and training budget, as params overrides of the
 Each variant lives in ``<run_root>-ablation-<variant>``; the stages it shares with the full run
 are hard-linked from it (their manifests match, so the runner skips them) and the rest run anew.
 Every AP gets a 95% bootstrap interval over the val images, and every difference (d) - (x) the
-interval of the difference on the same resampled images (``evaluation.bootstrap_coco_ap``).
+interval of the difference on the same resampled images (``bootstrap.bootstrap_coco_ap``).
 Reads each variant's ``05_evaluate/{metrics,detections}.json`` and the val annotations.
 Writes ``<run_root>/ablation.json`` and ``ablation.png``. Layer 4: imports config, artefacts, splits,
-pipeline, report, and evaluation (lazily, for the intervals: no stage owns numbers across four runs).
+pipeline, report, and bootstrap (lazily, for the intervals: no stage owns numbers across four runs).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
         p_le_0}}}, "bootstrap": {settings}}`` for the keys of ``INTERVAL_KEYS`` (None where undefined);
         None for an LVIS-style split (it reports LVIS AP, which is not bootstrapped here).
     """
-    from ezsd_core import evaluation
+    from ezsd_core import bootstrap
 
     gt = Path(cfg.data_root) / cfg.val_annotations
     split = splits.split_from_categories(cfg.split, json.loads(gt.read_text())["categories"])
@@ -111,10 +111,10 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
         return None
     results = {name: json.loads((artefacts.stage_dir(row["run_root"], "evaluate") / "detections.json").read_text())
                for name, row in table.items()}
-    boot = evaluation.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
+    boot = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
                                         num_resamples=num_resamples, seed=seed)
     ci = {name: {k: [_finite(v) for v in b.interval(k, LEVEL)] for k in INTERVAL_KEYS} for name, b in boot.items()}
-    diffs = evaluation.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)
+    diffs = bootstrap.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)
     differences = {f"{REFERENCE} - {name}": {k: {s: _finite(v) for s, v in d.items()} for k, d in per_key.items()}
                    for name, per_key in diffs.items()}
     settings = {"num_resamples": num_resamples, "seed": seed, "num_images": boot[REFERENCE].num_images,

@@ -389,7 +389,8 @@ def run(cfg: PretrainClipConfig) -> StageResult:
     names, lut = split.prompt_names("all"), {cid: k for k, cid in enumerate(split.ids("all"))}  # stage 01's vocabulary
     labels = torch.tensor([lut[int(c)] for c in crop_y])
     novel = torch.tensor([split.role_of(int(c)) == "novel" for c in crop_y], dtype=torch.bool)
-    heldout = {kind: load_pictures(cfg.data_root, kind, "heldout", teacher.image_size)[:2] for kind in ("web", "iconic")}
+    heldout = {kind: load_pictures(cfg.data_root, kind, "heldout", teacher.image_size)[:2]
+               for kind in ("web", "iconic")}
 
     @torch.no_grad()
     def evaluate() -> dict:

@@ -11,7 +11,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "ezsd_core"
 LAYER0 = {"config", "artefacts", "splits", "prompts"}
 LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data"}
-LAYER2 = {"clip", "losses", "evaluation", "detector"}
+LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector"}
 ALLOWED: dict[str, set[str]] = {
     **{m: LAYER0 for m in LAYER0},
     **{m: LAYER0 for m in ("structures", "runtime", "toyshapes", "crops", "tinyclip")},
@@ -20,14 +20,15 @@ ALLOWED: dict[str, set[str]] = {
     "shards": LAYER0 | {"structures"},
     "data": LAYER0 | {"structures"},
     **{m: LAYER0 | LAYER1 for m in ("clip", "losses", "evaluation")},
+    "bootstrap": LAYER0 | {"evaluation"},
     "detector": LAYER0 | LAYER1 | {"losses"},
     "pipeline": LAYER0,
     "report": LAYER0 | LAYER1,
     "viz": LAYER0 | LAYER1,
     "predict": LAYER0 | LAYER1 | LAYER2,
     "distributed": LAYER0 | {"pipeline"},
-    # evaluation: the ablation's bootstrap intervals span four runs, so no stage can own them (lazy import)
-    "ablation": LAYER0 | {"pipeline", "report", "evaluation"},
+    # bootstrap: the ablation's intervals span four runs, so no stage can own them (lazy import)
+    "ablation": LAYER0 | {"pipeline", "report", "bootstrap"},
     "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed", "viz", "ablation"},
     "__init__": set(),
 }

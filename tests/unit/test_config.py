@@ -14,7 +14,7 @@ COMMON = {"split": "smoke", "data_root": "data/smoke", "train_annotations": "coc
           "force": False}
 STAGE = {"clip_model": "ezsd-tiny-cnn", "num_steps": 2, "batch_size": 8, "lr": 1.0e-3, "text_lr": 1.0e-2,
          "weight_decay": 0.0, "warmup_steps": 0, "logit_scale_init": 1.0, "logit_scale_lr": 0.06, "augment_prob": 0.5,
-         "backbone_steps": 0, "backbone_lr": 1.0e-3, "log_every": 1}
+         "image_warmup_steps": 0, "backbone_steps": 0, "backbone_lr": 1.0e-3, "log_every": 1}
 
 
 def _doc(**stage_changes) -> dict:
