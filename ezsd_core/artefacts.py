@@ -48,6 +48,10 @@ class MissingArtefactError(RuntimeError):
                          f"run it first: ezsd run params/<split>.yaml --stage {stage}")
 
 
+class ManifestError(ValueError):
+    """A ``manifest.json`` that cannot be read or lacks required keys; the message names the file."""
+
+
 @dataclass(frozen=True)
 class StageResult:
     """What ``stages.<x>.run(cfg)`` returns.
@@ -193,10 +197,45 @@ def env_versions() -> dict[str, str | None]:
     return env
 
 
+_COMPLETE_KEYS = ("stage", "config_hash", "upstream", "artefact_hash", "outputs")
+_OUTPUT_KEYS = ("path", "bytes", "sha256")
+
+
 def read_manifest(stage_path: Path | str) -> dict[str, Any] | None:
-    """The manifest of a stage folder, or None when there is none."""
+    """The manifest of a stage folder, or None when there is none.
+
+    Raises:
+        ManifestError: the file is not JSON, not an object, or a ``complete`` one lacks
+            ``stage``/``config_hash``/``upstream``/``artefact_hash``/``outputs`` (one line naming it).
+    """
     p = Path(stage_path) / MANIFEST
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        m = json.loads(p.read_bytes())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{p}: invalid manifest ({e.__class__.__name__}: {e}); run its stage again "
+                            "(it is then recomputed)") from None
+    problem = _manifest_problem(m)
+    if problem:
+        raise ManifestError(f"{p}: invalid manifest ({problem}); run its stage again (it is then recomputed)")
+    return m
+
+
+def _manifest_problem(m: Any) -> str | None:
+    if not isinstance(m, dict) or "status" not in m:
+        return "expected a JSON object with a 'status'"
+    if m["status"] != "complete":
+        return None
+    missing = [k for k in _COMPLETE_KEYS if k not in m]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if not isinstance(m["upstream"], dict) or not isinstance(m["outputs"], list):
+        return "'upstream' must be an object and 'outputs' a list"
+    for o in m["outputs"]:
+        if not isinstance(o, dict) or any(k not in o for k in _OUTPUT_KEYS):
+            return f"an output entry without {'/'.join(_OUTPUT_KEYS)}: {o!r}"[:200]
+    return None
 
 
 def write_manifest(stage_path: Path | str, *, stage: str, split: str, config: Mapping[str, Any],
@@ -215,11 +254,11 @@ def write_manifest(stage_path: Path | str, *, stage: str, split: str, config: Ma
         extra: more top-level keys (e.g. ``source`` of a shipped checkpoint).
 
     Returns:
-        The manifest dict that was written.
+        The manifest dict that was written. Each output entry holds ``path``, ``bytes``, ``sha256``
+        and ``mtime_ns`` (the fast path of ``output_problem``; not part of ``artefact_hash``).
     """
     stage_path = Path(stage_path)
-    files = [{"path": o, "bytes": (stage_path / o).stat().st_size, "sha256": sha256_file(stage_path / o)}
-             for o in sorted(outputs)]
+    files = [output_entry(stage_path, o) for o in sorted(outputs)]
     art = hash_json({"stage": stage, "config_hash": config_hash, "upstream": dict(upstream),
                      "outputs": [f["sha256"] for f in files]})
     manifest = {"schema_version": MANIFEST_SCHEMA_VERSION, "stage": stage, "split": split,
@@ -232,50 +271,70 @@ def write_manifest(stage_path: Path | str, *, stage: str, split: str, config: Ma
     return manifest
 
 
-def staleness(stage_path: Path | str, *, config_hash: str, upstream: Mapping[str, str]) -> str | None:
-    """Why a stage must run, or None when it is complete for this config and these upstream hashes.
+def output_entry(stage_path: Path | str, relpath: str) -> dict[str, Any]:
+    """``{"path", "bytes", "sha256", "mtime_ns"}`` of one output file (relative to ``stage_path``).
 
-    Checks: a complete manifest, the same config hash, the same upstream artefact hashes, and every
-    recorded output present with its recorded size (a deleted or truncated shard makes it stale).
+    ``mtime_ns`` is None when the file changed while it was hashed (it is then always re-hashed).
     """
-    m = read_manifest(stage_path)
-    if m is None or m.get("status") != "complete":
-        return "not run yet"
-    if m["config_hash"] != config_hash:
-        return "its config changed"
-    if m["upstream"] != dict(upstream):
-        changed = sorted(k for k in set(m["upstream"]) | set(upstream) if m["upstream"].get(k) != upstream.get(k))
-        return f"upstream changed: {', '.join(changed)}"
-    for o in m["outputs"]:
-        p = Path(stage_path) / o["path"]
-        if not p.exists() or p.stat().st_size != o["bytes"]:
-            return f"output missing or changed: {o['path']}"
-    return None
+    p = Path(stage_path) / relpath
+    before = p.stat()
+    digest = sha256_file(p)
+    after = p.stat()
+    stable = (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns)
+    return {"path": relpath, "bytes": after.st_size, "sha256": digest if stable else sha256_file(p),
+            "mtime_ns": after.st_mtime_ns if stable else None}
+
+
+def output_problem(stage_path: Path | str, entry: Mapping[str, Any], *, full: bool = False) -> str | None:
+    """Why an output differs from its manifest entry (``missing``, ``size changed``, ``content changed``),
+    or None when it is the recorded file.
+
+    Fast path: the same size and modification time as recorded means unchanged; when the time differs
+    (or was not recorded) the file is hashed. ``full`` always hashes (``ezsd verify``).
+    """
+    p = Path(stage_path) / entry["path"]
+    try:
+        st = p.stat()
+    except OSError:
+        return "missing"
+    if st.st_size != entry["bytes"]:
+        return f"size changed ({entry['bytes']} -> {st.st_size} bytes)"
+    if not full and entry.get("mtime_ns") is not None and st.st_mtime_ns == entry["mtime_ns"]:
+        return None
+    return None if sha256_file(p) == entry["sha256"] else "content changed (sha256 differs)"
+
+
+def staleness(stage_path: Path | str, *, config_hash: str, upstream: Mapping[str, str]) -> str | None:
+    """``lineage.staleness`` (kept here for callers of the first release)."""
+    from ezsd_core import lineage  # lineage builds on this module
+
+    return lineage.staleness(stage_path, config_hash=config_hash, upstream=upstream)
 
 
 def require_complete(run_root: Path | str, stage: str) -> dict[str, Any]:
-    """The manifest of an upstream stage, checked to be complete with all its outputs present.
+    """The manifest of an upstream stage, checked to be complete with every output as recorded
+    (size + mtime, else sha256).
 
     Raises:
-        MissingArtefactError: naming the stage to run.
+        MissingArtefactError: naming the stage to run (and the file when the manifest is invalid or
+            an output is missing or damaged).
     """
     path = stage_dir(run_root, stage)
-    m = read_manifest(path)
+    try:
+        m = read_manifest(path)
+    except ManifestError as e:
+        raise MissingArtefactError(stage, path, str(e)) from None
     if m is None or m.get("status") != "complete":
         raise MissingArtefactError(stage, path, "no complete manifest")
     for o in m["outputs"]:
-        if not (path / o["path"]).exists():
-            raise MissingArtefactError(stage, path, f"missing output {o['path']}")
+        problem = output_problem(path, o)
+        if problem:
+            raise MissingArtefactError(stage, path, f"output {o['path']}: {problem}")
     return m
 
 
 # ---------------------------------------------------------------------------------------------
 # shards (read without torch, so the runner can decide what to run)
-
-
-def shard_key(config_hash: str, upstream: Mapping[str, str]) -> str:
-    """The key a shard records in its header: current iff config and upstream artefacts are unchanged."""
-    return hash_json({"config_hash": config_hash, "upstream": dict(upstream)})
 
 
 def safetensors_metadata(path: Path | str) -> dict[str, str] | None:

@@ -1,4 +1,4 @@
-"""The ``ezsd`` console script: ``run``, ``report``, ``predict``, ``toyworld``.
+"""The ``ezsd`` console script: ``run``, ``report``, ``verify``, ``predict``, ``ablate``, ``toyworld``.
 
 Role: argument parsing and error reporting only. Params problems print one line and exit 2
 before any heavy import (torch is never imported to validate a params file); a failing stage
@@ -54,9 +54,10 @@ def _predict(args: argparse.Namespace) -> int:
     from ezsd_core import predict
 
     paths = predict.image_paths(args.images)
+    names = predict.vocabulary(args.names.split(","))  # before loading anything
     predictor = predict.Predictor.from_run(args.run, device=args.device, score_thresh=args.score_thresh,
                                            max_detections=args.max_detections)
-    results = predictor(paths, args.names.split(","))
+    results = predictor(paths, names)
     payload = [r.to_json() for r in results]
     if args.out:
         artefacts.atomic_write_json(args.out, payload)
@@ -69,6 +70,20 @@ def _predict(args: argparse.Namespace) -> int:
         ds = viz.predictions_dataset(results, args.fiftyone)
         print(f"FiftyOne dataset {ds.name!r} ({len(ds)} samples, persistent); open it with fo.load_dataset")
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from ezsd_core import lineage
+
+    if not args.run.is_dir():
+        raise ValueError(f"verify: {args.run} is not a run folder (runs/<split>)")
+    findings, checked = lineage.verify_run(args.run)
+    for f in findings:
+        print(f)
+    bad = [f for f in findings if f.kind != "unlisted"]
+    print(f"{args.run}: {checked} outputs hashed, {len(bad)} damaged, missing or invalid, "
+          f"{len(findings) - len(bad)} files no manifest lists")
+    return 1 if bad else 0
 
 
 def _ablate(args: argparse.Namespace) -> int:
@@ -96,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
     rep.add_argument("params", type=Path, help="params/<split>.yaml")
     rep.set_defaults(func=_report)
+    ver = sub.add_parser("verify", help="hash every output of a run against its manifests; list unlisted files")
+    ver.add_argument("run", type=Path, help="runs/<split>")
+    ver.set_defaults(func=_verify)
     ab = sub.add_parser("ablate", help="full EZSD vs no distillation / untuned-CLIP regions / random boxes")
     ab.add_argument("params", type=Path, help="params/<split>.yaml (e.g. params/toy_coco.yaml)")
     ab.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant")

@@ -11,7 +11,6 @@ Reads: params YAML. Layer 0: standard library + PyYAML only (no torch).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 import types
 import typing
@@ -359,37 +358,21 @@ def config_hash(cfg: CommonConfig) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# lineage
-
-
-@functools.cache
-def _file_sha256(path: Path, size: int, mtime_ns: int) -> str:
-    return artefacts.sha256_file(path)
+# lineage (lives in lineage.py; these names stay for callers of the first release)
 
 
 def data_fingerprint(cfg: CommonConfig) -> str:
-    """Hash of the annotation files (and the toy world's ``world.json``): data a stage's output depends on.
+    """``lineage.data_fingerprint``: hash of the annotation files (and the toy world's ``world.json``)."""
+    from ezsd_core import lineage  # lineage imports this module
 
-    Images are not hashed (too many); they are assumed to change only with their annotation file.
-    Hashes are memoised per (path, size, mtime) within a process.
-    """
-    files = [cfg.data_root / cfg.train_annotations, cfg.data_root / cfg.val_annotations, cfg.data_root / "world.json"]
-    found = {}
-    for f in files:
-        if f.exists():
-            st = f.stat()
-            found[f.name] = _file_sha256(f.resolve(), st.st_size, st.st_mtime_ns)
-    return artefacts.hash_json(found)
+    return lineage.data_fingerprint(cfg)
 
 
 def upstream_hashes(cfg: CommonConfig) -> dict[str, str]:
-    """The lineage a stage's artefacts depend on: ``artefact_hash`` of each upstream stage, plus ``data``.
+    """``lineage.upstream_hashes``: upstream artefact hashes, ``data`` and checkpoint files given as inputs."""
+    from ezsd_core import lineage
 
-    Raises:
-        MissingArtefactError: an upstream stage is not complete.
-    """
-    ups = {u: artefacts.require_complete(cfg.run_root, u)["artefact_hash"] for u in cfg.upstream_stages()}
-    return {**ups, "data": data_fingerprint(cfg)}
+    return lineage.upstream_hashes(cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -142,9 +142,16 @@ def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[Cate
 
 
 def read_image(path: Path | str) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor."""
-    with Image.open(path) as im:
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    """Decode an image file to a (3, H, W) uint8 RGB tensor.
+
+    Raises:
+        ValueError: a missing, unreadable or truncated file, in one line naming it.
+    """
+    try:
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: OSError (truncated, unknown), SyntaxError (bad PNG)
+        raise ValueError(f"image {path}: cannot read it ({e.__class__.__name__}: {e})") from None
 
 
 class DecodedImages(torch.utils.data.Dataset):

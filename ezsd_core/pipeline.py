@@ -5,7 +5,7 @@ runs; a stage whose manifest matches its config hash, its upstream artefact hash
 is skipped and says so; a sharded stage runs only the shards that are missing or stale (one after
 another unless a ``shard_index`` is given). Each execution is kept as
 ``runs/<split>/<NN_stage>/notebooks/shard-XXXXX.ipynb``; a failing one keeps its error cell.
-Layer 4: imports only layer 0 (config, artefacts); papermill is imported here and only here.
+Layer 4: imports only layer 0 (config, artefacts, lineage); papermill is imported here and only here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ezsd_core
-from ezsd_core import artefacts, config
+from ezsd_core import artefacts, config, lineage
 from ezsd_core.config import CommonConfig, ConfigError
 
 
@@ -46,7 +46,8 @@ def select_stages(doc: dict, *, stage: str | None = None, first: str | None = No
     """The stage ids to run, in pipeline order: one ``stage``, or the file's stages from ``first`` to ``last``.
 
     Raises:
-        ConfigError: an unknown stage id, or one the params file has no section for.
+        ConfigError: an unknown stage id, one the params file has no section for, or an empty range
+            (``first`` after ``last``).
     """
     present = [s for s in artefacts.STAGE_NUMBERS if s in doc]
     for name in (stage, first, last):
@@ -58,18 +59,23 @@ def select_stages(doc: dict, *, stage: str | None = None, first: str | None = No
         return [stage]
     lo = present.index(first) if first else 0
     hi = present.index(last) if last else len(present) - 1
+    if lo > hi:
+        raise ConfigError(f"--from {present[lo]} --to {present[hi]}: an empty range; {present[lo]} comes after "
+                          f"{present[hi]} in the pipeline order ({', '.join(present)})")
     return present[lo:hi + 1]
 
 
-def _pending_shards(cfg: CommonConfig, stage: str, upstream: dict[str, str], explicit_shard: bool) -> list[int]:
+def shards_to_run(cfg: CommonConfig, stage: str, upstream: dict[str, str], explicit_shard: bool) -> list[int]:
+    """The shard executions a stale stage needs: the given ``shard_index``; every shard when forced;
+    else the missing, stale or damaged ones, or shard 0 alone when every shard is intact (its run
+    only re-finalises: metrics and manifest). A stage without shards runs once, as shard 0."""
     if not hasattr(cfg, "num_shards"):
         return [0]
     if explicit_shard:
         return [cfg.shard_index]
-    key = artefacts.shard_key(config.config_hash(cfg), upstream)
-    folder = artefacts.stage_dir(cfg.run_root, stage) / type(cfg).SHARD_DIR
-    header = lambda i: artefacts.safetensors_metadata(folder / artefacts.shard_name(i, cfg.num_shards)) or {}
-    return [i for i in range(cfg.num_shards) if header(i).get("key") != key]
+    if cfg.force:
+        return list(range(cfg.num_shards))
+    return lineage.pending_shards(cfg, stage, upstream) or [0]
 
 
 def execute(cfg: CommonConfig, stage: str, shard_index: int, *, verbose: bool = False) -> Path:
@@ -142,15 +148,14 @@ def _environ(**values: str):
 
 def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: Callable[[str], None],
                verbose: bool) -> Outcome:
-    upstream = config.upstream_hashes(cfg)
-    reason = artefacts.staleness(artefacts.stage_dir(cfg.run_root, stage), config_hash=config.config_hash(cfg),
-                                 upstream=upstream)
+    upstream = lineage.upstream_hashes(cfg)
+    reason = lineage.staleness(artefacts.stage_dir(cfg.run_root, stage), config_hash=config.config_hash(cfg),
+                               upstream=upstream)
     if reason is None and not cfg.force:
         echo(f"{label}: skipped, up to date")
         return Outcome(stage, True, "up to date")
     sharded = hasattr(cfg, "num_shards")
-    shards = list(range(cfg.num_shards)) if cfg.force and sharded and not explicit \
-        else _pending_shards(cfg, stage, upstream, explicit)
+    shards = shards_to_run(cfg, stage, upstream, explicit)
     t0 = time.perf_counter()
     for i in shards:
         echo(f"{label}: running ({'forced' if cfg.force else reason})"

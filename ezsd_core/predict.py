@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import UnidentifiedImageError
 from torch import Tensor
 
 from ezsd_core import artefacts, clip, data, detector, runtime
@@ -66,6 +65,25 @@ def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def vocabulary(names: Sequence[str]) -> list[str]:
+    """Category names as given (``--names heart,star``), stripped, empty ones dropped.
+
+    Raises:
+        ValueError: no name, or a name given twice (CLIP's tokenizer ignores case and repeated
+            spaces, so ``Heart`` and ``heart`` are the same class): one line naming it.
+    """
+    out = [" ".join(n.split()) for n in names if n.strip()]
+    if not out:
+        raise ValueError("names: give at least one category name, e.g. --names 'heart,star'")
+    seen: dict[str, str] = {}
+    for n in out:
+        if n.lower() in seen:
+            raise ValueError(f"names: {n!r} is given twice (as {seen[n.lower()]!r} too); each category once, "
+                             f"e.g. --names {','.join(dict.fromkeys(x.lower() for x in out))}")
+        seen[n.lower()] = n
+    return out
+
+
 class Predictor:
     """A trained run's detector and CLIP, ready to detect any names. Build with ``from_run``."""
 
@@ -105,18 +123,13 @@ class Predictor:
             names: category names, any number, e.g. ["heart", "star"].
 
         Raises:
-            ValueError: an empty vocabulary, or an unreadable image (named).
+            ValueError: an empty vocabulary, a name given twice, or an unreadable image (named).
         """
-        names = [n.strip() for n in names if n.strip()]
-        if not names:
-            raise ValueError("names: give at least one category name, e.g. --names 'heart,star'")
+        names = vocabulary(names)
         self.model.set_vocabulary(clip.encode_texts(self.text_model, names, self.templates))
         out = []
         for path in map(Path, images):
-            try:
-                image = data.read_image(path).float().div(255).to(self.device)
-            except (OSError, UnidentifiedImageError) as e:
-                raise ValueError(f"images: cannot read {path} ({e.__class__.__name__}: {e})") from None
+            image = data.read_image(path).float().div(255).to(self.device)  # ValueError naming the file
             det = self.model([image], return_detections=True).detections[0]
             masks = det.get("masks")
             out.append(Prediction(image=str(path), boxes=det["boxes"].cpu(), scores=det["scores"].cpu(),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ezsd_core import artefacts, config, data, shards
+from ezsd_core import artefacts, config, data, lineage, shards
 from ezsd_core.splits import CategorySplit
 
 
@@ -64,8 +64,7 @@ def regions_dataset(run_root: Path | str, *, max_samples: int = 50, top_regions:
     name = f"ezsd-{cfg.split}-regions-{manifest['config_hash'].split(':')[1][:8]}"
     ds = fo.Dataset(name, overwrite=True)
     samples = []
-    folder = artefacts.stage_dir(run_root, "propose_regions") / cfg.SHARD_DIR
-    for p in sorted(folder.glob("shard-*.safetensors")):
+    for p in lineage.upstream_outputs(run_root, "propose_regions", f"{cfg.SHARD_DIR}/"):  # never a glob
         shard = shards.RaggedShard(p)
         for i in range(len(shard)):
             if not shard.image_fields["image_is_val"][i] or len(samples) >= max_samples:

@@ -7,7 +7,7 @@ splits report bbox/segm AP and AP50 for base / novel / all (pycocotools, ``catId
 ``max_detections`` and at 100 per image; LVIS-style splits report AP, APr, APc, APf (lvis).
 Reads: ``01_finetune_clip``, ``04_train_detector``, val annotations.
 Writes: ``05_evaluate/{detections.json, metrics.json, manifest.json}``.
-Imports: config, artefacts, runtime, data, structures, splits, detector, evaluation.
+Imports: config, artefacts, lineage, runtime, data, structures, splits, detector, evaluation.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from ezsd_core import artefacts, config, data, detector, evaluation, runtime, structures
+from ezsd_core import artefacts, config, data, detector, evaluation, lineage, runtime, structures
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import EvaluateConfig
 
@@ -79,15 +79,13 @@ def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tens
 
 def run(cfg: EvaluateConfig) -> StageResult:
     """Detect on the val split and write detections.json and metrics.json (flat keys, e.g. ``bbox/AP50_novel``)."""
-    started = artefacts.utc_now()
+    begun = lineage.begin(cfg, STAGE)
+    if begun.skipped:
+        return begun.skipped
     runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
     device = runtime.resolve_device(cfg.device)
-    out = artefacts.stage_dir(cfg.run_root, STAGE)
-    upstream = config.upstream_hashes(cfg)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
-        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     model, ids = load_detector(cfg.run_root, cfg.vocabulary, score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
                                max_detections=cfg.max_detections, device=device)
     split, records = data.read_config_records(cfg, "val")

@@ -9,7 +9,7 @@ N; ``random``: a seeded random N), and store each kept region's raw CLIP embeddi
 the embedding of every base GT box (which the reference scripts never wrote, spec §10.4).
 Reads: ``01_finetune_clip``, ``02_propose_regions``, train annotations.
 Writes: ``03_extract_features/feats/shard-*.safetensors`` (CSR groups ``region`` and ``gt``), manifest.
-Imports: config, artefacts, runtime, data, crops, shards, structures, clip.
+Imports: config, artefacts, lineage, runtime, data, crops, shards, structures, clip.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, runtime, shards
+from ezsd_core import artefacts, clip, config, crops, data, lineage, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import ExtractFeaturesConfig
 from ezsd_core.structures import ImageRecord, RegionSet
@@ -128,10 +128,10 @@ def select_and_embed(image: Tensor, regions: RegionSet, filter_gt: Tensor, model
 
 
 def region_index(run_root: Path) -> dict[int, tuple[shards.RaggedShard, int]]:
-    """Training image id -> (stage-02 shard, position) over every stage-02 shard (val images excluded)."""
+    """Training image id -> (stage-02 shard, position) over the shards stage 02's manifest lists
+    (val images excluded; shard files it does not list, e.g. of another ``num_shards``, are ignored)."""
     index = {}
-    folder = artefacts.stage_dir(run_root, "propose_regions") / config.ProposeRegionsConfig.SHARD_DIR
-    for p in sorted(folder.glob("shard-*.safetensors")):
+    for p in lineage.upstream_outputs(run_root, "propose_regions", f"{config.ProposeRegionsConfig.SHARD_DIR}/"):
         shard = shards.RaggedShard(p)
         for i in range(len(shard)):
             if not shard.image_fields["image_is_val"][i]:
@@ -176,18 +176,17 @@ def _filter_gt(cfg: ExtractFeaturesConfig) -> dict[int, Tensor]:
 
 def run(cfg: ExtractFeaturesConfig) -> StageResult:
     """Embed this shard's regions and base GT boxes (resuming finished parts); finalise when all shards exist."""
-    started = artefacts.utc_now()
+    begun = lineage.begin(cfg, STAGE)
+    if begun.skipped:
+        return begun.skipped
     runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
     device = runtime.resolve_device(cfg.device)
-    out = artefacts.stage_dir(cfg.run_root, STAGE)
-    upstream = config.upstream_hashes(cfg)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
-        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
-    key = artefacts.shard_key(chash, upstream)
-    path = out / cfg.SHARD_DIR / artefacts.shard_name(cfg.shard_index, cfg.num_shards)
-    if cfg.force or not shards.is_current(path, key):
+    out, key, chash, upstream, started = begun.stage_dir, begun.key, begun.config_hash, begun.upstream, begun.started_at
+    rel = f"{cfg.SHARD_DIR}/{artefacts.shard_name(cfg.shard_index, cfg.num_shards)}"
+    path = out / rel
+    if cfg.force or not lineage.shard_current(out, rel, key):
+        lineage.invalidate(out)  # an output it lists is rewritten
         if cfg.force:
             shards.discard_parts(path)
         model, text = clip.load_tuned(artefacts.stage_dir(cfg.run_root, "finetune_clip"), device)
@@ -208,7 +207,7 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
                          ) -> StageResult:
     """When every shard is current: summary statistics and the manifest. Idempotent."""
     paths = [out / cfg.SHARD_DIR / artefacts.shard_name(i, cfg.num_shards) for i in range(cfg.num_shards)]
-    done = [shards.is_current(p, key) for p in paths]
+    done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
     per_image, gt, empty = [], 0, 0

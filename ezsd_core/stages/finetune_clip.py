@@ -6,7 +6,7 @@ of the base names (recomputed each step, since text LayerNorms train too); every
 ``logit_scale`` included, stays frozen.
 Reads: the base CLIP (open_clip tag/file, or ``00_pretrain_clip``), train and val annotations.
 Writes: ``01_finetune_clip/{clip_ln.safetensors, text_embeds.safetensors, metrics.json,
-train_log.jsonl, manifest.json}``. Imports: config, artefacts, runtime, data, crops, clip.
+train_log.jsonl, manifest.json}``. Imports: config, artefacts, lineage, runtime, data, crops, clip.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, runtime, shards
+from ezsd_core import artefacts, clip, config, crops, data, lineage, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import FinetuneClipConfig
 from ezsd_core.splits import CategorySplit
@@ -192,15 +192,13 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
     Returns:
         StageResult whose summary holds the before/after accuracies.
     """
-    started = artefacts.utc_now()
+    begun = lineage.begin(cfg, STAGE)
+    if begun.skipped:
+        return begun.skipped
     determinism = runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
     device = runtime.resolve_device(cfg.device)
-    out = artefacts.stage_dir(cfg.run_root, STAGE)
-    upstream = config.upstream_hashes(cfg)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
-        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     model, record = base_clip(cfg, device)
     split, train_records = data.read_config_records(cfg, "train")
     _, val_records = data.read_config_records(cfg, "val")

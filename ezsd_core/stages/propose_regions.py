@@ -6,7 +6,7 @@ cos)) over the proposal vocabulary, then one class-agnostic NMS and top-K; boxes
 original-image coordinates, sorted by score, with CLIP's argmax category and its probability.
 Reads: ``01_finetune_clip``, train annotations (image list) and val annotations (recall metrics).
 Writes: ``02_propose_regions/regions/shard-*.safetensors`` (CSR), ``metrics.json``, ``manifest.json``.
-Imports: config, artefacts, runtime, data, crops, shards, structures, clip, evaluation.
+Imports: config, artefacts, lineage, runtime, data, crops, shards, structures, clip, evaluation.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, evaluation, runtime, shards
+from ezsd_core import artefacts, clip, config, crops, data, evaluation, lineage, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import ProposeRegionsConfig
 from ezsd_core.structures import ImageRecord, RegionSet
@@ -157,7 +157,7 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
                          ) -> StageResult:
     """When every shard is current: recall metrics on the val images, then the manifest. Idempotent."""
     paths = [out / cfg.SHARD_DIR / artefacts.shard_name(i, cfg.num_shards) for i in range(cfg.num_shards)]
-    done = [shards.is_current(p, key) for p in paths]
+    done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
     regions, per_image, seconds, crops_done = {}, [], 0.0, 0
@@ -207,18 +207,17 @@ def scoring_clip(cfg: ProposeRegionsConfig, device: torch.device) -> tuple[clip.
 
 def run(cfg: ProposeRegionsConfig) -> StageResult:
     """Propose regions for this shard's images (resuming finished parts); finalise when all shards exist."""
-    started = artefacts.utc_now()
+    begun = lineage.begin(cfg, STAGE)
+    if begun.skipped:
+        return begun.skipped
     runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
     device = runtime.resolve_device(cfg.device)
-    out = artefacts.stage_dir(cfg.run_root, STAGE)
-    upstream = config.upstream_hashes(cfg)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
-        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
-    key = artefacts.shard_key(chash, upstream)
-    path = out / cfg.SHARD_DIR / artefacts.shard_name(cfg.shard_index, cfg.num_shards)
-    if cfg.force or not shards.is_current(path, key):
+    out, key, chash, upstream, started = begun.stage_dir, begun.key, begun.config_hash, begun.upstream, begun.started_at
+    rel = f"{cfg.SHARD_DIR}/{artefacts.shard_name(cfg.shard_index, cfg.num_shards)}"
+    path = out / rel
+    if cfg.force or not lineage.shard_current(out, rel, key):
+        lineage.invalidate(out)  # an output it lists is rewritten
         if cfg.force:
             shards.discard_parts(path)
         model, emb, ids = scoring_clip(cfg, device)

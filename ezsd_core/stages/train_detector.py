@@ -9,7 +9,7 @@ Reads: ``01_finetune_clip`` (text embeddings), ``03_extract_features`` (targets)
 Writes: ``04_train_detector/{model.safetensors, train_log.jsonl, manifest.json}`` and the resume
 state ``checkpoints/last.pt``. Runs on several processes under ``torchrun`` (DDP):
 ``torchrun --nproc_per_node 2 -m ezsd_core.stages.train_detector params/<split>.yaml``.
-Imports: config, artefacts, runtime, data, shards, structures, detector.
+Imports: config, artefacts, lineage, runtime, data, shards, structures, detector.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ezsd_core import artefacts, config, data, detector, runtime, shards
+from ezsd_core import artefacts, config, data, detector, lineage, runtime, shards
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import TrainDetectorConfig
 from ezsd_core.structures import ImageRecord
@@ -156,10 +156,10 @@ def _flip(boxes: Tensor, width: int) -> Tensor:
 
 
 def feature_index(run_root: Path) -> dict[int, tuple[shards.RaggedShard, int]]:
-    """Training image id -> (stage-03 shard, position) over every stage-03 shard."""
+    """Training image id -> (stage-03 shard, position) over the shards stage 03's manifest lists
+    (shard files it does not list, e.g. of another ``num_shards``, are ignored)."""
     index = {}
-    folder = artefacts.stage_dir(run_root, "extract_features") / config.ExtractFeaturesConfig.SHARD_DIR
-    for p in sorted(folder.glob("shard-*.safetensors")):
+    for p in lineage.upstream_outputs(run_root, "extract_features", f"{config.ExtractFeaturesConfig.SHARD_DIR}/"):
         shard = shards.RaggedShard(p)
         index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
     return index
@@ -300,16 +300,14 @@ def load_toy_backbone(model: detector.EzsdDetector, run_root: Path) -> None:
 
 def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
-    started = artefacts.utc_now()
     determinism = runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
     rank, world = runtime.init_distributed()
     device = runtime.resolve_device(cfg.device) if world == 1 else runtime.distributed_device(cfg.device)
-    out = artefacts.stage_dir(cfg.run_root, STAGE)
-    upstream = config.upstream_hashes(cfg)
-    chash = config.config_hash(cfg)
-    if artefacts.staleness(out, config_hash=chash, upstream=upstream) is None and not cfg.force:
-        return StageResult(out, True, artefacts.read_manifest(out)["summary"])
+    begun = lineage.begin(cfg, STAGE)
+    if begun.skipped:
+        return begun.skipped
+    out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     out.mkdir(parents=True, exist_ok=True)
     text = load_file(str(artefacts.stage_dir(cfg.run_root, "finetune_clip") / "text_embeds.safetensors"))
     split, records = data.read_config_records(cfg, "train", with_masks=True)

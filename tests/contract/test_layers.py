@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "ezsd_core"
-LAYER0 = {"config", "artefacts", "splits", "prompts"}
+LAYER0 = {"config", "artefacts", "lineage", "splits", "prompts"}
 LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data"}
 LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector"}
 ALLOWED: dict[str, set[str]] = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ezsd_core import artefacts
+from ezsd_core import artefacts, lineage
 
 
 def test_atomic_write_leaves_old_file_when_the_writer_crashes(tmp_path: Path) -> None:
@@ -60,9 +60,9 @@ def test_staleness_reports_why_a_stage_must_run(tmp_path: Path) -> None:
     assert artefacts.staleness(d, config_hash="sha256:other", upstream=ok["upstream"]) == "its config changed"
     assert artefacts.staleness(d, config_hash="sha256:c", upstream={"x": "sha256:new"}) == "upstream changed: x"
     (d / "sub" / "b.bin").write_bytes(b"de")
-    assert artefacts.staleness(d, **ok) == "output missing or changed: sub/b.bin"
+    assert artefacts.staleness(d, **ok) == "output sub/b.bin: size changed (4 -> 2 bytes)"
     (d / "a.bin").unlink()
-    assert artefacts.staleness(d, **ok) == "output missing or changed: a.bin"
+    assert artefacts.staleness(d, **ok) == "output a.bin: missing"
 
 
 def test_require_complete_names_the_stage_to_run(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_require_complete_names_the_stage_to_run(tmp_path: Path) -> None:
     d = _finished_stage(tmp_path)
     assert artefacts.require_complete(tmp_path, "pretrain_clip")["stage"] == "pretrain_clip"
     (d / "a.bin").unlink()
-    with pytest.raises(artefacts.MissingArtefactError, match="missing output a.bin"):
+    with pytest.raises(artefacts.MissingArtefactError, match="output a.bin: missing"):
         artefacts.require_complete(tmp_path, "pretrain_clip")
 
 
@@ -82,4 +82,4 @@ def test_safetensors_header_is_read_without_torch(tmp_path: Path) -> None:
     assert artefacts.safetensors_metadata(tmp_path / "missing") is None
     (tmp_path / "junk").write_bytes(b"\xff" * 20)
     assert artefacts.safetensors_metadata(tmp_path / "junk") is None
-    assert artefacts.shard_key("sha256:a", {"u": "1"}) != artefacts.shard_key("sha256:a", {"u": "2"})
+    assert lineage.shard_key("sha256:a", {"u": "1"}) != lineage.shard_key("sha256:a", {"u": "2"})
