@@ -1,8 +1,13 @@
 """COCO and LVIS readers: annotation file -> CategorySplit + list[ImageRecord].
 
-Role: the only code that reads annotation files for the pipeline (evaluation hands the files to
-pycocotools/lvis directly). Rules (method spec §1.1): crowd boxes are ignored, boxes with w < 1,
-h < 1 or area <= 0 are dropped, training images without a base box are dropped.
+Role: the only code that reads annotation files for the pipeline; the metric's ground truth is the
+same file with the same rules applied (``clean_annotations``). Rules (method spec §1.1 and issue 9),
+one function for every reader: an annotation of a category the file does not declare is dropped
+(``unknown_category``); a box with w < 1, h < 1 or area <= 0 is dropped (``degenerate_box``); a box
+is clipped to its image (``clipped_box``) and dropped when less than 1 px of it is inside
+(``outside_image``); an image whose file is missing is skipped with its boxes (``missing_image``);
+crowd boxes are ignored, training images without a base box are dropped. What the rules dropped is
+counted (``read_records(..., counts=...)``) and logged in one warning line per file.
 **Strict zero-shot at the source:** the ``train`` subset keeps only base-category annotations (and
 only base ids in LVIS ``neg_category_ids`` / ``not_exhaustive_category_ids``), so no stage can see a
 novel training annotation. Boxes come out XYXY absolute.
@@ -73,10 +78,46 @@ def _image_path(img: dict[str, Any], image_dir: Path) -> Path:
     return image_dir.parent / folder / name
 
 
-def _keep(ann: dict[str, Any], vocab: set[int]) -> bool:
-    x, y, w, h = ann["bbox"]
-    return (ann["category_id"] in vocab and not ann.get("iscrowd", 0) and w >= 1 and h >= 1
-            and ann.get("area", w * h) > 0)
+RULES = ("unknown_category", "degenerate_box", "outside_image", "clipped_box", "missing_image")
+
+
+def annotation_rule(ann: dict[str, Any], width: int, height: int, categories: set[int]
+                    ) -> tuple[list[float] | None, str | None]:
+    """The box an annotation contributes, after the input rules.
+
+    Args:
+        ann: a COCO/LVIS annotation (``bbox`` [x, y, w, h] absolute pixels, ``category_id``, optional ``area``).
+        width, height: its image's size in pixels; categories: the ids the file declares.
+
+    Returns:
+        (box, rule): ``box`` is the [x, y, w, h] kept (clipped to the image), or None when dropped;
+        ``rule`` names the rule that fired (one of ``RULES``), or None for an untouched box.
+    """
+    if ann.get("category_id") not in categories:
+        return None, "unknown_category"
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    if not (w >= 1 and h >= 1 and ann.get("area", w * h) > 0):  # `not >=` also catches NaN
+        return None, "degenerate_box"
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return list(ann["bbox"]), None
+    x1, y1, x2, y2 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return None, "outside_image"
+    return [x1, y1, x2 - x1, y2 - y1], "clipped_box"
+
+
+_warned: set[tuple] = set()
+
+
+def _warn_once(ann_file: Path, subset: str, counts: dict[str, int], example: str | None) -> None:
+    """One warning line per file and outcome (a stage that reads a file twice warns once)."""
+    found = {k: v for k, v in counts.items() if v}
+    if not found or (str(ann_file), subset, tuple(sorted(found.items()))) in _warned:
+        return
+    _warned.add((str(ann_file), subset, tuple(sorted(found.items()))))
+    what = ", ".join(f"{v} {k}" for k, v in found.items())
+    log.warning("%s (%s): input rules fired: %s%s", ann_file, subset, what,
+                f" (e.g. {example} is missing)" if example else "")
 
 
 def _rle(api: _Api, ann: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +127,10 @@ def _rle(api: _Api, ann: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *, subset: str,
-                 with_masks: bool = False, vocab: str | None = None, keep_empty: bool | None = None
+                 with_masks: bool = False, vocab: str | None = None, keep_empty: bool | None = None,
+                 check_files: bool = True, counts: dict[str, int] | None = None
                  ) -> tuple[CategorySplit, list[ImageRecord]]:
-    """Read one annotation file of a split.
+    """Read one annotation file of a split, applying the input rules (module docstring).
 
     Args:
         ann_file: COCO (pycocotools) or LVIS v1 (lvis) JSON; the split id decides which.
@@ -101,6 +143,9 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
         vocab: override the categories kept (``base`` for train, ``all`` for val). Anything but ``base``
             on ``train`` reads novel training annotations: only ``iou_filter_gt: all`` does, on purpose.
         keep_empty: keep images without a kept box (default: only for ``val``).
+        check_files: skip images whose file does not exist (``missing_image``).
+        counts: if given, filled with how often each rule of ``RULES`` fired (annotations of the kept
+            vocabulary or of undeclared categories; images for ``missing_image``).
 
     Returns:
         The split and the records, in ascending image id; ``gt_boxes`` (N, 4) float32 XYXY absolute.
@@ -114,28 +159,84 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
     api = _Api(ann_file, split_style(split_name))
     split = split_from_categories(split_name, api.categories)
     kept = set(split.ids(vocab or ("base" if subset == "train" else "all")))
+    declared = {int(c["id"]) for c in api.categories}
     keep_empty = subset == "val" if keep_empty is None else keep_empty
-    records = []
+    fired = dict.fromkeys(RULES, 0)
+    missing_example, records = None, []
     for img in sorted(api.images, key=lambda i: i["id"]):
-        anns = [a for a in api.anns_of(img["id"]) if _keep(a, kept)]
+        path = _image_path(img, image_dir)
+        if check_files and not path.is_file():
+            fired["missing_image"] += 1
+            missing_example = missing_example or str(path)
+            continue
+        anns, boxes = [], []
+        for a in api.anns_of(img["id"]):
+            if a.get("category_id") in declared and a["category_id"] not in kept:
+                continue  # another vocabulary's annotation: not read, not counted (strict zero-shot)
+            box, rule = annotation_rule(a, int(img["width"]), int(img["height"]), declared)
+            if rule:
+                fired[rule] += 1
+            if box is not None and not a.get("iscrowd", 0):
+                anns.append(a)
+                boxes.append(box)
         if not anns and not keep_empty:
             continue
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         records.append(ImageRecord(
-            image_id=int(img["id"]), file_name=str(_image_path(img, image_dir)),
-            height=int(img["height"]), width=int(img["width"]), gt_boxes=xywh_to_xyxy(boxes),
+            image_id=int(img["id"]), file_name=str(path), height=int(img["height"]), width=int(img["width"]),
+            gt_boxes=xywh_to_xyxy(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)),
             gt_category_ids=torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
             gt_masks=[_rle(api, a) for a in anns] if with_masks else None,
             neg_category_ids=tuple(sorted(c for c in img.get("neg_category_ids", []) if c in kept)),
             not_exhaustive_category_ids=tuple(
                 sorted(c for c in img.get("not_exhaustive_category_ids", []) if c in kept))))
+    _warn_once(ann_file, subset, fired, missing_example)
+    if counts is not None:
+        counts.update(fired)
     log.info("%s %s: %d images, %d boxes", split_name, subset, len(records),
              sum(len(r.gt_boxes) for r in records))
     return split, records
 
 
+def clean_annotations(ann_file: Path | str, image_dir: Path | str, *, check_files: bool = True
+                      ) -> tuple[dict[str, Any], dict[str, int]]:
+    """The annotation file with the same input rules applied, for the metric's ground truth.
+
+    Every annotation goes through ``annotation_rule`` (crowd ones too: the metric ignores them, as
+    COCO does); images whose file is missing are removed with their annotations. Everything else
+    (categories with LVIS ``frequency``, ``neg_category_ids``, ...) is kept as it is.
+
+    Args:
+        ann_file: COCO or LVIS JSON (all categories: the metric sees base and novel).
+        image_dir: as for ``read_records``.
+
+    Returns:
+        (the cleaned dataset dict, how often each rule of ``RULES`` fired).
+    """
+    doc = json.loads(Path(ann_file).read_text())
+    fired = dict.fromkeys(RULES, 0)
+    declared = {int(c["id"]) for c in doc["categories"]}
+    images = []
+    for img in doc["images"]:
+        if check_files and not _image_path(img, Path(image_dir)).is_file():
+            fired["missing_image"] += 1
+        else:
+            images.append(img)
+    sizes = {img["id"]: (int(img["width"]), int(img["height"])) for img in images}
+    anns = []
+    for a in doc["annotations"]:
+        if a["image_id"] not in sizes:
+            continue
+        box, rule = annotation_rule(a, *sizes[a["image_id"]], declared)
+        if rule:
+            fired[rule] += 1
+        if box is not None:
+            anns.append({**a, "bbox": box} if rule == "clipped_box" else a)
+    return {**doc, "images": images, "annotations": anns}, fired
+
+
 def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[CategorySplit, list[ImageRecord]]:
-    """``read_records`` with the paths of a stage config (relative to ``cfg.data_root``); options pass on."""
+    """``read_records`` with the paths of a stage config (relative to ``cfg.data_root``); options
+    (``counts=`` included) pass on."""
     ann = cfg.train_annotations if subset == "train" else cfg.val_annotations
     images = cfg.train_images if subset == "train" else cfg.val_images
     return read_records(cfg.data_root / ann, cfg.data_root / images, cfg.split, subset=subset, **options)

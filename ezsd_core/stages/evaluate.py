@@ -12,7 +12,11 @@ Imports: config, artefacts, lineage, runtime, data, structures, splits, detector
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,8 +81,20 @@ def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tens
     return out
 
 
+@contextlib.contextmanager
+def ground_truth(cfg: EvaluateConfig) -> Iterator[Path]:
+    """A temporary copy of the val annotation file with ``data.clean_annotations``' rules applied
+    (the same rules as the records detections are made on), for pycocotools / lvis."""
+    clean, _ = data.clean_annotations(cfg.data_root / cfg.val_annotations, cfg.data_root / cfg.val_images)
+    with tempfile.TemporaryDirectory(prefix="ezsd-gt-") as tmp:
+        path = Path(tmp) / Path(cfg.val_annotations).name
+        path.write_text(json.dumps(clean))
+        yield path
+
+
 def run(cfg: EvaluateConfig) -> StageResult:
-    """Detect on the val split and write detections.json and metrics.json (flat keys, e.g. ``bbox/AP50_novel``)."""
+    """Detect on the val split and write detections.json and metrics.json (flat keys, e.g. ``bbox/AP50_novel``,
+    plus ``input/<rule>`` counts of what the input rules dropped or clipped, when any fired)."""
     begun = lineage.begin(cfg, STAGE)
     if begun.skipped:
         return begun.skipped
@@ -88,18 +104,19 @@ def run(cfg: EvaluateConfig) -> StageResult:
     out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     model, ids = load_detector(cfg.run_root, cfg.vocabulary, score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh,
                                max_detections=cfg.max_detections, device=device)
-    split, records = data.read_config_records(cfg, "val")
+    dropped: dict[str, int] = {}
+    split, records = data.read_config_records(cfg, "val", counts=dropped)
     results = [r for d in detect(model, records, ids, cfg.batch_size, cfg.num_workers, device) for r in to_results(d)]
     out.mkdir(parents=True, exist_ok=True)
     artefacts.atomic_write_json(out / "detections.json", results)
-    gt = cfg.data_root / cfg.val_annotations
     iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
-    if split.style == "lvis":
-        metrics = evaluation.lvis_metrics(gt, results, iou_types=iou_types, max_dets=cfg.max_detections)
-    else:
-        metrics = evaluation.coco_metrics(gt, results, split, iou_types=iou_types,
-                                          max_dets=sorted({100, cfg.max_detections}))
-    metrics = {k: round(v, 4) for k, v in metrics.items()}
+    with ground_truth(cfg) as gt:  # the val file under the reader's rules: the metric counts what was read
+        if split.style == "lvis":
+            metrics = evaluation.lvis_metrics(gt, results, iou_types=iou_types, max_dets=cfg.max_detections)
+        else:
+            metrics = evaluation.coco_metrics(gt, results, split, iou_types=iou_types,
+                                              max_dets=sorted({100, cfg.max_detections}))
+    metrics = {**{k: round(v, 4) for k, v in metrics.items()}, **{f"input/{k}": v for k, v in dropped.items() if v}}
     artefacts.atomic_write_json(out / "metrics.json", metrics)
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,

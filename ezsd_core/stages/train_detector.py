@@ -310,7 +310,8 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     out.mkdir(parents=True, exist_ok=True)
     text = load_file(str(artefacts.stage_dir(cfg.run_root, "finetune_clip") / "text_embeds.safetensors"))
-    split, records = data.read_config_records(cfg, "train", with_masks=True)
+    dropped: dict[str, int] = {}
+    split, records = data.read_config_records(cfg, "train", with_masks=True, counts=dropped)
     label_of = split.label_map("base")
     feats = feature_index(cfg.run_root) if cfg.distill_weight > 0 else None
     spec = detector_spec(cfg, embed_dim=text["base"].shape[1])
@@ -330,7 +331,8 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     summary.update({k: v for k, v in (rows[-1] if rows else {}).items() if k.startswith("loss")})
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
-        outputs=["model.safetensors", "train_log.jsonl"], summary={**summary, "processes": world},
+        outputs=["model.safetensors", "train_log.jsonl"],
+        summary={**summary, "processes": world, **{f"input/{k}": v for k, v in dropped.items() if v}},
         started_at=started, extra={"detector": asdict(spec), "vocabulary": {"base": list(split.ids("base"))},
                                    "determinism": determinism})
     return StageResult(out, False, manifest["summary"])
