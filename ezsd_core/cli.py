@@ -56,7 +56,7 @@ def _predict(args: argparse.Namespace) -> int:
     paths = predict.image_paths(args.images)
     names = predict.vocabulary(args.names.split(","))  # before loading anything
     predictor = predict.Predictor.from_run(args.run, device=args.device, score_thresh=args.score_thresh,
-                                           max_detections=args.max_detections)
+                                           max_detections=args.max_detections, masks=False)  # JSON has none
     results = predictor(paths, names)
     payload = [r.to_json() for r in results]
     if args.out:

@@ -13,8 +13,11 @@ Layer 0: standard library only; imports artefacts and config.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import os
+import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -200,6 +203,69 @@ def begin(cfg: CommonConfig, stage: str) -> Begun:
     if not cfg.force and staleness(out, config_hash=chash, upstream=upstream) is None:
         skipped = StageResult(out, True, artefacts.read_manifest(out)["summary"])
     return Begun(out, chash, upstream, shard_key(chash, upstream), started, skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# forced runs
+
+
+PREVIOUS = ".previous"
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # writers replace files atomically (new inodes), so the link keeps the old bytes
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _restore(stage_path: Path) -> None:
+    """Put the outputs and manifest kept in ``.previous/`` back in place (executed notebooks go to
+    ``notebooks/previous/``, so the failed run's notebook, which the error names, stays readable)."""
+    keep = stage_path / PREVIOUS
+    for p in sorted(keep.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(keep)
+            dst = stage_path / ("notebooks/previous" / rel.relative_to("notebooks") if rel.parts[0] == "notebooks"
+                                else rel)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(p, dst)
+    shutil.rmtree(keep)
+
+
+@contextlib.contextmanager
+def previous_kept(stage_path: Path | str) -> Iterator[None]:
+    """Run a forced recomputation of a complete stage without risking its outputs.
+
+    Its listed outputs, manifest and executed notebooks are kept (hard links) in ``.previous/``; if
+    the body raises they are put back (the stage is complete again, as before the run), and when it
+    completes they are dropped. A ``.previous/`` left by a killed run is restored first when the
+    stage is not complete.
+    """
+    stage_path = Path(stage_path)
+    keep = stage_path / PREVIOUS
+    m, _ = _manifest(stage_path)
+    if keep.exists():
+        if m is None or m.get("status") != "complete":
+            _restore(stage_path)
+            m, _ = _manifest(stage_path)
+        else:
+            shutil.rmtree(keep)
+    if m is None or m.get("status") != "complete":
+        yield
+        return
+    kept = [o["path"] for o in m["outputs"]] + [MANIFEST]
+    kept += [p.relative_to(stage_path).as_posix() for p in sorted((stage_path / "notebooks").glob("*.ipynb"))]
+    for rel in kept:
+        if (stage_path / rel).is_file():
+            _link_or_copy(stage_path / rel, keep / rel)
+    try:
+        yield
+    except BaseException:
+        _restore(stage_path)
+        raise
+    shutil.rmtree(keep, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------

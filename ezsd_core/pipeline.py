@@ -157,10 +157,12 @@ def _run_stage(cfg: CommonConfig, stage: str, label: str, explicit: bool, echo: 
     sharded = hasattr(cfg, "num_shards")
     shards = shards_to_run(cfg, stage, upstream, explicit)
     t0 = time.perf_counter()
-    for i in shards:
-        echo(f"{label}: running ({'forced' if cfg.force else reason})"
-             + (f", shard {i + 1}/{cfg.num_shards}" if sharded else "") + " ...")
-        execute(cfg, stage, i, verbose=verbose)
+    # a forced run that fails leaves the complete stage as it was (lineage.previous_kept)
+    with lineage.previous_kept(artefacts.stage_dir(cfg.run_root, stage)) if cfg.force else contextlib.nullcontext():
+        for i in shards:
+            echo(f"{label}: running ({'forced' if cfg.force else reason})"
+                 + (f", shard {i + 1}/{cfg.num_shards}" if sharded else "") + " ...")
+            execute(cfg, stage, i, verbose=verbose)
     dt = time.perf_counter() - t0
     echo(f"{label}: done in {dt:.1f} s")
     return Outcome(stage, False, reason or "forced", dt)

@@ -10,7 +10,8 @@ Reads: ``01_finetune_clip`` and ``04_train_detector`` of a run. Layer 4: imports
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Prediction:
     Attributes:
         image: the image path.
         boxes: (P, 4) float32 XYXY absolute pixels; scores: (P,); names: P category names.
-        masks: (P, H, W) bool, or None for a detector without masks.
+        masks: (P, H, W) bool, or None for a detector without masks or a Predictor built with masks=False.
     """
 
     image: str
@@ -44,6 +45,18 @@ class Prediction:
         return {"image": self.image, "detections": [
             {"name": n, "score": round(float(s), 4), "bbox": [round(v, 2) for v in b]}
             for n, s, b in zip(self.names, self.scores.tolist(), self.boxes.tolist())]}
+
+
+@contextlib.contextmanager
+def _without_masks(model: detector.EzsdDetector) -> Iterator[None]:
+    """Detect without the mask branch. torchvision's ``RoIHeads.has_mask()`` is False while
+    ``mask_roi_pool`` is None, so no mask is predicted or pasted (detector.py has no switch for it)."""
+    heads = model.roi_heads
+    pool, heads.mask_roi_pool = heads.mask_roi_pool, None
+    try:
+        yield
+    finally:
+        heads.mask_roi_pool = pool
 
 
 def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
@@ -88,13 +101,18 @@ class Predictor:
     """A trained run's detector and CLIP, ready to detect any names. Build with ``from_run``."""
 
     def __init__(self, model: detector.EzsdDetector, text_model: clip.Clip, templates: Sequence[str],
-                 device: torch.device):
+                 device: torch.device, masks: bool = True):
         self.model, self.text_model, self.templates, self.device = model, text_model, tuple(templates), device
+        self.masks = masks
 
     @classmethod
     def from_run(cls, run_dir: Path | str, *, device: str = "cpu", score_thresh: float = 0.3,
-                 max_detections: int = 100) -> Predictor:
+                 max_detections: int = 100, masks: bool = True) -> Predictor:
         """Load a run's detector (stage 04) and tuned CLIP (stage 01).
+
+        ``masks=False`` skips the mask branch: no (P, H, W) masks are pasted at the image's full size,
+        so memory stays bounded by the resized image (a 3000 x 3000 image otherwise needs ~3.6 GB
+        for 100 float masks).
 
         Raises:
             MissingArtefactError: the run has no complete ``train_detector`` (or ``finetune_clip``).
@@ -112,7 +130,7 @@ class Predictor:
         model.load_state_dict(state)
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
         templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates
-        return cls(model.to(dev).eval(), text_model, templates, dev)
+        return cls(model.to(dev).eval(), text_model, templates, dev, masks=masks)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[str | Path], names: Sequence[str]) -> list[Prediction]:
@@ -130,7 +148,8 @@ class Predictor:
         out = []
         for path in map(Path, images):
             image = data.read_image(path).float().div(255).to(self.device)  # ValueError naming the file
-            det = self.model([image], return_detections=True).detections[0]
+            with contextlib.nullcontext() if self.masks else _without_masks(self.model):
+                det = self.model([image], return_detections=True).detections[0]
             masks = det.get("masks")
             out.append(Prediction(image=str(path), boxes=det["boxes"].cpu(), scores=det["scores"].cpu(),
                                   names=[names[int(k) - 1] for k in det["labels"].cpu()],

@@ -65,8 +65,12 @@ def to_results(dets: structures.Detections) -> list[dict]:
 
 @torch.no_grad()
 def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
-           num_workers: int, device: torch.device) -> list[structures.Detections]:
-    """Detections of every record (XYXY original pixels, dataset category ids, boolean masks)."""
+           num_workers: int, device: torch.device) -> list[dict]:
+    """COCO results (bbox XYWH absolute, dataset category ids, RLE masks) of every record.
+
+    Each batch's masks are encoded to RLE at once and dropped, so memory holds one batch's
+    (P, H, W) masks, not the whole val set's; a detector without a mask branch pastes none.
+    """
     out = []
     loader = data.image_loader(records, num_workers)
     batch: list = []
@@ -76,7 +80,7 @@ def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tens
             dets = model([b[1] for b in batch], return_detections=True).detections
             for (image_id, _), d in zip(batch, dets):
                 cpu = {k: v.cpu() for k, v in d.items()}
-                out.append(structures.from_tv_output(cpu, image_id, category_ids.tolist()))
+                out += to_results(structures.from_tv_output(cpu, image_id, category_ids.tolist()))
             batch = []
     return out
 
@@ -106,7 +110,7 @@ def run(cfg: EvaluateConfig) -> StageResult:
                                max_detections=cfg.max_detections, device=device)
     dropped: dict[str, int] = {}
     split, records = data.read_config_records(cfg, "val", counts=dropped)
-    results = [r for d in detect(model, records, ids, cfg.batch_size, cfg.num_workers, device) for r in to_results(d)]
+    results = detect(model, records, ids, cfg.batch_size, cfg.num_workers, device)
     out.mkdir(parents=True, exist_ok=True)
     artefacts.atomic_write_json(out / "detections.json", results)
     iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
