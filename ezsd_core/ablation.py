@@ -103,23 +103,24 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
         p_le_0}}}, "bootstrap": {settings}}`` for the keys of ``INTERVAL_KEYS`` (None where undefined);
         None for an LVIS-style split (it reports LVIS AP, which is not bootstrapped here).
     """
-    from ezsd_core import bootstrap
+    from ezsd_core import bootstrap, data
 
-    gt = Path(cfg.data_root) / cfg.val_annotations
-    split = splits.split_from_categories(cfg.split, json.loads(gt.read_text())["categories"])
+    ann_file = Path(cfg.data_root) / cfg.val_annotations
+    split = splits.split_from_categories(cfg.split, json.loads(ann_file.read_text())["categories"])
     if split.style != "coco":
         return None
     results = {name: json.loads((artefacts.stage_dir(row["run_root"], "evaluate") / "detections.json").read_text())
                for name, row in table.items()}
-    boot = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
-                                        num_resamples=num_resamples, seed=seed)
+    with data.clean_annotation_file(ann_file, Path(cfg.data_root) / cfg.val_images) as gt:  # stage 05's GT
+        boot = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
+                                            num_resamples=num_resamples, seed=seed)
     ci = {name: {k: [_finite(v) for v in b.interval(k, LEVEL)] for k in INTERVAL_KEYS} for name, b in boot.items()}
     diffs = bootstrap.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)
     differences = {f"{REFERENCE} - {name}": {k: {s: _finite(v) for s, v in d.items()} for k, d in per_key.items()}
                    for name, per_key in diffs.items()}
     settings = {"num_resamples": num_resamples, "seed": seed, "num_images": boot[REFERENCE].num_images,
                 "level": LEVEL, "iou_type": "bbox", "max_detections": cfg.max_detections, "reference": REFERENCE,
-                "val_annotations": str(gt)}
+                "val_annotations": str(ann_file)}
     return {"ci": ci, "differences": differences, "bootstrap": settings}
 
 

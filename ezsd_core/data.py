@@ -21,6 +21,8 @@ import contextlib
 import io
 import json
 import logging
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +234,17 @@ def clean_annotations(ann_file: Path | str, image_dir: Path | str, *, check_file
         if box is not None:
             anns.append({**a, "bbox": box} if rule == "clipped_box" else a)
     return {**doc, "images": images, "annotations": anns}, fired
+
+
+@contextlib.contextmanager
+def clean_annotation_file(ann_file: Path | str, image_dir: Path | str) -> Iterator[Path]:
+    """A temporary copy of ``ann_file`` with ``clean_annotations``' rules applied (the same rules as the
+    records detections are made on), for pycocotools / lvis; removed on exit."""
+    clean, _ = clean_annotations(ann_file, image_dir)
+    with tempfile.TemporaryDirectory(prefix="ezsd-gt-") as tmp:
+        path = Path(tmp) / Path(ann_file).name
+        path.write_text(json.dumps(clean))
+        yield path
 
 
 def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[CategorySplit, list[ImageRecord]]:

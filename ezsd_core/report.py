@@ -103,6 +103,12 @@ def recall_curves(stage_path: Path | str):
     return fig
 
 
+def _listed_shards(stage_path: Path, manifest: dict, shard_dir: str) -> list[Path]:
+    """The shard files the stage's manifest lists (never a glob: leftovers of another ``num_shards`` are ignored)."""
+    return [stage_path / o["path"] for o in manifest["outputs"]
+            if o["path"].startswith(f"{shard_dir}/shard-") and o["path"].endswith(".safetensors")]
+
+
 def regions_on_images(stage_path: Path | str, num_images: int = 4, top: int = 10):
     """The top regions (red, with CLIP's category) and the GT boxes (green) on a few val images; the Figure."""
     import matplotlib.pyplot as plt
@@ -119,7 +125,7 @@ def regions_on_images(stage_path: Path | str, num_images: int = 4, top: int = 10
     split, records = data.read_config_records(cfg, "val")
     by_id = {r.image_id: r for r in records}
     shown = []
-    for p in sorted((stage_path / cfg.SHARD_DIR).glob("shard-*.safetensors")):
+    for p in _listed_shards(stage_path, manifest, cfg.SHARD_DIR):
         shard = shards.RaggedShard(p)
         shown += [shard.region_set(i) for i in range(len(shard)) if shard.image_fields["image_is_val"][i]]
     shown = sorted(shown, key=lambda rs: rs.image_id)[:num_images]
@@ -153,7 +159,7 @@ def features_summary(stage_path: Path | str, top_categories: int = 15):
         print("the stage is not complete yet (other shards still running): figures appear once it is")
         return None
     counts, weights, cats = [], [], collections.Counter()
-    for p in sorted((stage_path / config.ExtractFeaturesConfig.SHARD_DIR).glob("shard-*.safetensors")):
+    for p in _listed_shards(stage_path, manifest, config.ExtractFeaturesConfig.SHARD_DIR):
         shard = shards.RaggedShard(p)
         counts += shard.row_counts("region").tolist()
         for i in range(len(shard)):

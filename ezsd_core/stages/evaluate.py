@@ -12,11 +12,8 @@ Imports: config, artefacts, lineage, runtime, data, structures, splits, detector
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import tempfile
-from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +82,9 @@ def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tens
     return out
 
 
-@contextlib.contextmanager
-def ground_truth(cfg: EvaluateConfig) -> Iterator[Path]:
-    """A temporary copy of the val annotation file with ``data.clean_annotations``' rules applied
-    (the same rules as the records detections are made on), for pycocotools / lvis."""
-    clean, _ = data.clean_annotations(cfg.data_root / cfg.val_annotations, cfg.data_root / cfg.val_images)
-    with tempfile.TemporaryDirectory(prefix="ezsd-gt-") as tmp:
-        path = Path(tmp) / Path(cfg.val_annotations).name
-        path.write_text(json.dumps(clean))
-        yield path
+def ground_truth(cfg: EvaluateConfig) -> AbstractContextManager[Path]:
+    """The val annotation file under the reader's rules (``data.clean_annotation_file``), as a context."""
+    return data.clean_annotation_file(cfg.data_root / cfg.val_annotations, cfg.data_root / cfg.val_images)
 
 
 def run(cfg: EvaluateConfig) -> StageResult:

@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "predict": LAYER0 | LAYER1 | LAYER2,
     "distributed": LAYER0 | {"pipeline"},
     # bootstrap: the ablation's intervals span four runs, so no stage can own them (lazy import)
-    "ablation": LAYER0 | {"pipeline", "report", "bootstrap"},
+    "ablation": LAYER0 | {"pipeline", "report", "bootstrap", "data"},
     "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed", "viz", "ablation"},
     "__init__": set(),
 }

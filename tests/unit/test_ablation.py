@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ezsd_core import ablation, artefacts, cli, evaluation, splits
 
@@ -25,8 +26,11 @@ def _val_file(data: Path, num_images: int) -> list[dict]:
                          "bbox": [x, y, 16.0, 16.0], "area": 256.0, "iscrowd": 0})
     path = data / "coco/annotations/instances_val.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"images": [{"id": i, "width": 64, "height": 64} for i in range(1, num_images + 1)],
-                                "annotations": anns, "categories": CATEGORIES}))
+    (data / "coco/val").mkdir(parents=True)  # the metric's ground truth keeps only images that exist (as stage 05)
+    images = [{"id": i, "width": 64, "height": 64, "file_name": f"{i:06d}.png"} for i in range(1, num_images + 1)]
+    for img in images:
+        Image.new("RGB", (64, 64)).save(data / "coco/val" / img["file_name"])
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
     return anns
 
 
@@ -91,3 +95,19 @@ def test_intervals_only_names_the_missing_variant_run(fake_ablation, capsys) -> 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "c_random_boxes" in err and "smoke-ablation-c_random_boxes" in err
     assert not (base_root / "ablation.json").exists()
+
+
+def test_intervals_use_the_ground_truth_stage_05_scores_on(fake_ablation, tmp_path: Path) -> None:
+    """The bootstrap reads the val file under the input rules, as stage 05 does: an image whose file is
+    missing is not a val image (before, the raw JSON counted it and its boxes as missed)."""
+    base_root, overrides = fake_ablation
+    (tmp_path / "data/coco/val/000007.png").unlink()
+    for name in ablation.VARIANTS:  # stage 05 never detects on an image it could not read
+        out = artefacts.stage_dir(ablation.variant_root(base_root, name), "evaluate")
+        dets = [d for d in json.loads((out / "detections.json").read_text()) if d["image_id"] != 7]
+        artefacts.atomic_write_json(out / "detections.json", dets)
+        artefacts.write_manifest(out, stage="evaluate", split="smoke", config={}, config_hash="fake", upstream={},
+                                 outputs=["detections.json", "metrics.json"], summary={},
+                                 started_at=artefacts.utc_now())
+    table = ablation.ablate(PARAMS, overrides=overrides, intervals_only=True, num_resamples=20, echo=lambda _: None)
+    assert table["bootstrap"]["num_images"] == 39
