@@ -300,8 +300,10 @@ class EzsdRoIHeads(RoIHeads):
         weights = torch.cat([d["weights"] for d in distill])
         return self.distill_weight * losses.distill_loss(embeds, target, weights)
 
-    def forward(self, features, proposals, image_shapes, targets=None, distill=None, want_detections=False):
-        """Returns (losses, detections or None); losses need ``targets`` (and ``distill`` for loss_distill)."""
+    def forward(self, features, proposals, image_shapes, targets=None, distill=None, want_detections=False,
+                want_masks=True):
+        """Returns (losses, detections or None); losses need ``targets`` (and ``distill`` for loss_distill);
+        detections carry ``masks`` only when ``want_masks`` (and the model has a mask head)."""
         result: dict[str, Tensor] = {}
         if targets is not None:
             box_losses, sampled, labels, matched, distill_embeds = self._forward_box(
@@ -316,7 +318,7 @@ class EzsdRoIHeads(RoIHeads):
         detections = None
         if want_detections:
             detections = self._detect(features, proposals, image_shapes)
-            if self.has_mask():
+            if self.has_mask() and want_masks:
                 masks = self._forward_mask(features, image_shapes, [d["boxes"] for d in detections])
                 for det, m in zip(detections, masks):
                     det["masks"] = m
@@ -352,7 +354,8 @@ class EzsdDetector(nn.Module):
         self.roi_heads = EzsdRoIHeads(spec, self.backbone.out_channels, text_embeds)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
-                distill: list[dict[str, Tensor]] | None = None, *, return_detections: bool = False) -> DetectorOutput:
+                distill: list[dict[str, Tensor]] | None = None, *, return_detections: bool = False,
+                return_masks: bool = True) -> DetectorOutput:
         """Run the detector.
 
         Args:
@@ -360,6 +363,8 @@ class EzsdDetector(nn.Module):
             targets: per image ``boxes`` (N, 4) XYXY original pixels, ``labels`` (N,) 1..K, ``masks`` (N, H, W) uint8.
             distill: per image ``boxes`` (M, 4) XYXY original pixels, ``embeds`` (M, D), ``weights`` (M,).
             return_detections: also return detections (in original pixels).
+            return_masks: with detections, also predict and paste their (P, 1, H, W) masks at the original
+                size (False: boxes only, no memory in proportion to the image size).
 
         Raises:
             ValueError: targets given while the model is in eval mode (torchvision's RPN computes
@@ -375,7 +380,7 @@ class EzsdDetector(nn.Module):
         features = self.backbone(batch.tensors)
         proposals, rpn_losses = self.rpn(batch, features, targets)
         roi_losses, detections = self.roi_heads(features, proposals, batch.image_sizes, targets, distill,
-                                                return_detections)
+                                                return_detections, return_masks)
         if detections is not None:
             detections = self.transform.postprocess(detections, batch.image_sizes, original_sizes)
         return DetectorOutput(losses={**rpn_losses, **roi_losses}, detections=detections)

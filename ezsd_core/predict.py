@@ -10,8 +10,7 @@ Reads: ``01_finetune_clip`` and ``04_train_detector`` of a run. Layer 4: imports
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +44,6 @@ class Prediction:
         return {"image": self.image, "detections": [
             {"name": n, "score": round(float(s), 4), "bbox": [round(v, 2) for v in b]}
             for n, s, b in zip(self.names, self.scores.tolist(), self.boxes.tolist())]}
-
-
-@contextlib.contextmanager
-def _without_masks(model: detector.EzsdDetector) -> Iterator[None]:
-    """Detect without the mask branch. torchvision's ``RoIHeads.has_mask()`` is False while
-    ``mask_roi_pool`` is None, so no mask is predicted or pasted (detector.py has no switch for it)."""
-    heads = model.roi_heads
-    pool, heads.mask_roi_pool = heads.mask_roi_pool, None
-    try:
-        yield
-    finally:
-        heads.mask_roi_pool = pool
 
 
 def image_paths(inputs: Sequence[str | Path]) -> list[Path]:
@@ -101,18 +88,18 @@ class Predictor:
     """A trained run's detector and CLIP, ready to detect any names. Build with ``from_run``."""
 
     def __init__(self, model: detector.EzsdDetector, text_model: clip.Clip, templates: Sequence[str],
-                 device: torch.device, masks: bool = True):
+                 device: torch.device, masks: bool = False):
         self.model, self.text_model, self.templates, self.device = model, text_model, tuple(templates), device
         self.masks = masks
 
     @classmethod
     def from_run(cls, run_dir: Path | str, *, device: str = "cpu", score_thresh: float = 0.3,
-                 max_detections: int = 100, masks: bool = True) -> Predictor:
+                 max_detections: int = 100, masks: bool = False) -> Predictor:
         """Load a run's detector (stage 04) and tuned CLIP (stage 01).
 
-        ``masks=False`` skips the mask branch: no (P, H, W) masks are pasted at the image's full size,
-        so memory stays bounded by the resized image (a 3000 x 3000 image otherwise needs ~3.6 GB
-        for 100 float masks).
+        Masks only when asked: ``masks=True`` also pastes (P, H, W) masks at the image's full size (a
+        3000 x 3000 image needs ~3.6 GB for 100 float masks); the default keeps memory bounded by the
+        resized image.
 
         Raises:
             MissingArtefactError: the run has no complete ``train_detector`` (or ``finetune_clip``).
@@ -148,8 +135,7 @@ class Predictor:
         out = []
         for path in map(Path, images):
             image = data.read_image(path).float().div(255).to(self.device)  # ValueError naming the file
-            with contextlib.nullcontext() if self.masks else _without_masks(self.model):
-                det = self.model([image], return_detections=True).detections[0]
+            det = self.model([image], return_detections=True, return_masks=self.masks).detections[0]
             masks = det.get("masks")
             out.append(Prediction(image=str(path), boxes=det["boxes"].cpu(), scores=det["scores"].cpu(),
                                   names=[names[int(k) - 1] for k in det["labels"].cpu()],

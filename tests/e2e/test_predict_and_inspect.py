@@ -28,7 +28,7 @@ def trained(smoke_stages, tmp_path_factory) -> tuple[Path, Path]:
 def test_predictor_detects_any_names(trained) -> None:
     world, run_root = trained
     images = predict.image_paths([world / "coco/val"])
-    predictor = predict.Predictor.from_run(run_root, score_thresh=0.0, max_detections=5)
+    predictor = predict.Predictor.from_run(run_root, score_thresh=0.0, max_detections=5, masks=True)
     results = predictor(images[:2], ["heart", "star", "kite"])
     assert len(results) == 2 and all(len(r.names) <= 5 for r in results)
     assert {n for r in results for n in r.names} <= {"heart", "star", "kite"}

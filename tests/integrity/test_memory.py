@@ -39,6 +39,6 @@ def test_predict_pastes_masks_only_when_asked(finished_run, pasted, tmp_path: Pa
     capsys.readouterr()
     lean = predict.Predictor.from_run(run_root, score_thresh=0.0, masks=False)([big], ["circle"])[0]
     assert lean.masks is None and pasted == [] and len(lean.boxes)
-    full = predict.Predictor.from_run(run_root, score_thresh=0.0)([big], ["circle"])[0]
+    full = predict.Predictor.from_run(run_root, score_thresh=0.0, masks=True)([big], ["circle"])[0]
     assert full.masks.shape[1:] == (1500, 1500) and pasted, "asked for, they are pasted"
     assert full.boxes.tolist() == lean.boxes.tolist(), "the mask switch changes nothing else"

@@ -57,7 +57,7 @@ def test_distill_boxes_are_resized_into_the_frame_of_the_gt_boxes() -> None:
     m = detector.build_detector(_spec(min_size=(128,), max_size=128), torch.randn(3, 16)).train()
     seen = {}
 
-    def spy(features, proposals, image_shapes, targets=None, distill=None, want_detections=False):
+    def spy(features, proposals, image_shapes, targets=None, distill=None, want_detections=False, want_masks=True):
         seen["gt"], seen["distill"] = targets[0]["boxes"], distill[0]["boxes"]
         return {}, None
 
