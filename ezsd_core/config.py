@@ -184,6 +184,7 @@ class TrainDetectorConfig(CommonConfig):
     rpn_batch_size: int = knob(lo=1)
     roi_batch_size: int = knob(lo=1)
     roi_positive_fraction: float = knob(lo=0.0, hi=1.0)
+    roi_canonical_scale: int = knob(lo=1)  # box side pooled from FPN level 4 (torchvision/FPN paper: 224)
     head_shared_convs: int = knob(lo=0)
     head_branch_convs: int = knob(lo=0)
     head_conv_dim: int = knob(lo=1)

@@ -71,6 +71,7 @@ class DetectorSpec:
     score_thresh: float
     nms_thresh: float
     detections_per_img: int
+    roi_canonical_scale: int = 224  # RoIs of this side pool from FPN level 4 (k = 4 + log2(side / scale))
 
 
 @dataclass
@@ -217,6 +218,9 @@ class EmbeddingBoxPredictor(nn.Module):
 # RoI heads
 
 
+LEVELS = ["0", "1", "2", "3"]  # FPN outputs RoIs are pooled from (P2..P5)
+
+
 class EzsdRoIHeads(RoIHeads):
     """torchvision's RoIHeads with the embedding predictor, class-agnostic masks and distillation.
 
@@ -227,14 +231,15 @@ class EzsdRoIHeads(RoIHeads):
     def __init__(self, spec: DetectorSpec, out_channels: int, text_embeds: Tensor):
         mask = spec.mask_head_convs > 0
         super().__init__(
-            box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=2),
+            box_roi_pool=MultiScaleRoIAlign(LEVELS, 7, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale),
             box_head=EmbeddingBoxHead(out_channels, spec),
             box_predictor=EmbeddingBoxPredictor(spec.head_fc_dim, text_embeds, spec.temperature_init,
                                                 spec.classifier_loss == "seesaw"),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=spec.roi_batch_size,
             positive_fraction=spec.roi_positive_fraction, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
             score_thresh=spec.score_thresh, nms_thresh=spec.nms_thresh, detections_per_img=spec.detections_per_img,
-            mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, sampling_ratio=2) if mask else None,
+            mask_roi_pool=MultiScaleRoIAlign(LEVELS, 14, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale)
+            if mask else None,
             mask_head=MaskRCNNHeads(out_channels, [spec.mask_head_dim] * spec.mask_head_convs, 1) if mask else None,
             mask_predictor=MaskRCNNPredictor(spec.mask_head_dim, spec.mask_head_dim, 1) if mask else None)
         self.seesaw = losses.SeesawLoss(len(text_embeds)) if spec.classifier_loss == "seesaw" else None

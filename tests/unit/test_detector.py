@@ -103,3 +103,14 @@ def test_weight_decay_spares_temperature_background_norms_and_biases() -> None:
     assert {"roi_heads.box_predictor.log_temperature", "roi_heads.box_predictor.background.weight"} <= spared
     assert all(p.ndim > 1 for p in decay["params"]) and any(n.endswith(".bias") for n in spared)
     assert len(decay["params"]) + len(rest["params"]) == sum(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("scale,level", [(224, 0), (64, 1), (32, 2)])
+def test_roi_canonical_scale_picks_the_fpn_level_a_box_pools_from(scale: int, level: int) -> None:
+    """k = 4 + log2(side / scale) on P2..P5 ('0'..'3'): a 48 px box of a 128 px image pools from P2
+    with FPN's canonical 224 (as every toy object would), from P3 at 64 and from P4 at 32."""
+    m = detector.build_detector(_spec(min_size=(128,), max_size=128, roi_canonical_scale=scale), torch.randn(3, 16))
+    feats = {name: torch.full((1, 1, 128 // 2 ** (k + 2), 128 // 2 ** (k + 2)), float(k))
+             for k, name in enumerate(detector.LEVELS)}
+    pooled = m.roi_heads.box_roi_pool(feats, [torch.tensor([[40.0, 40, 88, 88]])], [(128, 128)])
+    assert pooled.shape == (1, 1, 7, 7) and torch.allclose(pooled, torch.full_like(pooled, float(level)))
