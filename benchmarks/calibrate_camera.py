@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--params", type=Path, default=Path("params/toy_coco.yaml"))
     p.add_argument("--strengths", default="0.6,0.8,1.0", help="comma-separated camera strengths in [0, 1]")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="params override for stage 01, e.g. finetune_clip.epochs=5 (repeatable)")
     p.add_argument("--name", default="", help="suffix of the results file")
     args = p.parse_args()
     artefacts.require_complete(args.teacher_run, config.PRETRAIN_CLIP)
@@ -76,7 +78,7 @@ def main() -> None:
             shutil.copytree(src, artefacts.stage_dir(run_root, config.PRETRAIN_CLIP), copy_function=os.link,
                             ignore=shutil.ignore_patterns("notebooks"))
             cfg = config.stage_config(params, "finetune_clip", source=str(args.params), overrides=[
-                f"common.data_root={data_root}", f"common.run_root={run_root}", "common.force=true"])
+                f"common.data_root={data_root}", f"common.run_root={run_root}", "common.force=true", *args.overrides])
             summary = finetune_clip.run(cfg).summary
             rows[str(s)] = {k: summary[k] for k in sorted(summary) if k.startswith(("before/top1", "after/top1"))}
             row = rows[str(s)]
@@ -87,7 +89,7 @@ def main() -> None:
     path = RESULTS / f"calibrate_camera{'-' + args.name if args.name else ''}.json"
     artefacts.atomic_write_json(path, {"benchmark": "calibrate_camera", "date": artefacts.utc_now(),
                                        "world": str(args.world), "teacher_run": str(args.teacher_run),
-                                       "params": str(args.params), "strengths": rows})
+                                       "params": str(args.params), "overrides": args.overrides, "strengths": rows})
     print(f"-> {path}")
 
 
