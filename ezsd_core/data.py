@@ -255,6 +255,19 @@ def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[Cate
     return read_records(cfg.data_root / ann, cfg.data_root / images, cfg.split, subset=subset, **options)
 
 
+def input_counts(cfg: CommonConfig, subsets: tuple[str, ...] = ("train", "val"), **options) -> dict[str, int]:
+    """How often each input rule fired on the split's files, as metrics: ``input/<subset>/<rule>`` (or
+    ``input/<rule>`` for one subset), nonzero counts only (a clean file adds no key). Options as for
+    ``read_config_records``; the warning line is logged once per file, however often it is read."""
+    out = {}
+    for subset in subsets:
+        counts: dict[str, int] = {}
+        read_config_records(cfg, subset, counts=counts, **options)
+        prefix = "input/" if len(subsets) == 1 else f"input/{subset}/"
+        out.update({f"{prefix}{k}": v for k, v in counts.items() if v})
+    return out
+
+
 def read_image(path: Path | str) -> torch.Tensor:
     """Decode an image file to a (3, H, W) uint8 RGB tensor.
 

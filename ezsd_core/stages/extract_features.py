@@ -218,7 +218,8 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
         empty += sum(c == 0 for c in counts)
         gt += int(shard.row_counts("gt").sum())
     summary = {"num_images": len(per_image), "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
-               "images_without_regions": empty, "num_gt_embeds": gt, "num_region_embeds": int(sum(per_image))}
+               "images_without_regions": empty, "num_gt_embeds": gt, "num_region_embeds": int(sum(per_image)),
+               **data.input_counts(cfg, ("train",))}
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=[str(p.relative_to(out)) for p in paths], summary=summary, started_at=started)

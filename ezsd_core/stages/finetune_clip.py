@@ -228,7 +228,7 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
                **{f"after/{k}": round(v, 4) for k, v in after.items()},
                "num_train_crops": sum(len(r.gt_boxes) for r in train_loader.dataset.records),
                "num_val_crops": sum(len(r.gt_boxes) for r in val_loader.dataset.records),
-               "num_tuned_parameters": sum(v.numel() for v in tuned.values())}
+               "num_tuned_parameters": sum(v.numel() for v in tuned.values()), **data.input_counts(cfg)}
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,

@@ -176,7 +176,8 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     metrics = evaluation.region_recall(val, [regions[r.image_id] for r in val], split,
                                        ks=sorted({k for k in RECALL_KS if k < cfg.max_regions} | {cfg.max_regions}))
     metrics.update({"num_train_images": len(per_image), "num_recall_images": len(val),
-                    "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0})
+                    "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
+                    **data.input_counts(cfg)})
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; throughput goes to the summary
     speed = {"crops_per_second": round(crops_done / seconds, 1) if seconds else None}
     manifest = artefacts.write_manifest(

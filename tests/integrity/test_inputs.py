@@ -92,3 +92,12 @@ def test_every_stage_runs_on_the_dirty_world_and_reports_what_was_dropped(dirty_
     assert trained["loss_rpn_box_reg"] < 10, "no box outside the image reaches the RPN"
     metrics = json.loads((artefacts.stage_dir(run_root, "evaluate") / "metrics.json").read_text())
     assert metrics["input/missing_image"] == 1 and metrics["input/clipped_box"] == 1
+    read = lambda stage, name: json.loads((artefacts.stage_dir(run_root, stage) / name).read_text())
+    tuned, regions = read("finetune_clip", "metrics.json"), read("propose_regions", "metrics.json")
+    features = read("extract_features", "manifest.json")["summary"]
+    for counts in (tuned, regions):  # stages 01 and 02 read both subsets
+        assert {k: v for k, v in counts.items() if k.startswith("input/train/")} == {
+            k.replace("input/", "input/train/"): v for k, v in trained.items() if k.startswith("input/")}
+        assert counts["input/val/missing_image"] == 1 and counts["input/val/clipped_box"] == 1
+    assert {k: v for k, v in features.items() if k.startswith("input/")} == {
+        k: v for k, v in trained.items() if k.startswith("input/")}
