@@ -37,20 +37,42 @@ def configure_threads() -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else is checked.
+    """``"auto"`` -> cuda when available (saying so in one log line when it is not), else cpu;
+    anything else is checked, and so is whether this torch build can drive the GPU it finds.
 
     Raises:
-        ValueError: a CUDA device was asked for on a machine without one, or the name is invalid.
+        ValueError: a CUDA device was asked for on a machine without one, the name is invalid, or the
+            installed torch has no kernels for the GPU's compute capability (e.g. a CUDA 13 build on a
+            V100, capability 7.0), in one line naming both.
     """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: got {device!r} but CUDA is not available here; use device: cpu or auto")
+        if not torch.cuda.is_available():
+            log.warning("device: auto found no CUDA device; running on the CPU")
+            return torch.device("cpu")
+        dev = torch.device("cuda")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device: got {device!r}; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: got {device!r} but CUDA is not available here; use device: cpu or auto")
+        check_cuda_arch(dev)
     return dev
+
+
+def check_cuda_arch(dev: torch.device) -> None:
+    """Raise one line when this torch build was compiled for none of the GPU's architectures."""
+    major, minor = torch.cuda.get_device_capability(dev)
+    archs = torch.cuda.get_arch_list()  # e.g. ['sm_75', 'sm_80', ..., 'compute_90']
+    cap = 10 * major + minor
+    kernels = {int(a[3:]) for a in archs if a.startswith("sm_") and a[3:].isdigit()}
+    ptx = [int(a[8:]) for a in archs if a.startswith("compute_") and a[8:].isdigit()]  # JIT-compiled upwards
+    if archs and cap not in kernels and not any(p <= cap for p in ptx):
+        raise ValueError(f"device: {torch.cuda.get_device_name(dev)} has compute capability {major}.{minor}, but "
+                         f"torch {torch.__version__} was built for {', '.join(archs)}; install a build of the same "
+                         f"torch version with kernels for sm_{major}{minor} (e.g. a CUDA 12 wheel)")
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
