@@ -200,8 +200,9 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
     device = runtime.resolve_device(cfg.device)
     out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
     model, record = base_clip(cfg, device)
-    split, train_records = data.read_config_records(cfg, "train")
-    _, val_records = data.read_config_records(cfg, "val")
+    fired: dict[str, dict[str, int]] = {"train": {}, "val": {}}  # input-rule counts of the reads below
+    split, train_records = data.read_config_records(cfg, "train", counts=fired["train"])
+    _, val_records = data.read_config_records(cfg, "val", counts=fired["val"])
     label = lambda vocab: {cid: k for k, cid in enumerate(split.ids(vocab))}
     make = lambda recs, lut: GTCrops(recs, lut, model.image_size, cfg.crop_scale, cfg.min_box_side)
     train_loader = _loader(make(train_records, label("base")), cfg.batch_size, cfg.num_workers, True, cfg.seed)
@@ -228,7 +229,8 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
                **{f"after/{k}": round(v, 4) for k, v in after.items()},
                "num_train_crops": sum(len(r.gt_boxes) for r in train_loader.dataset.records),
                "num_val_crops": sum(len(r.gt_boxes) for r in val_loader.dataset.records),
-               "num_tuned_parameters": sum(v.numel() for v in tuned.values()), **data.input_counts(cfg)}
+               "num_tuned_parameters": sum(v.numel() for v in tuned.values()),
+               **{f"input/{sub}/{k}": v for sub, c in fired.items() for k, v in c.items() if v}}
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; timings go to the summary
     manifest = artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
