@@ -32,6 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def region_bins(records: list, index: dict, split) -> dict:
     """Bin counts, weights and names of every stage-03 region over ``records`` (all GT of every role)."""
     count, weight, named_novel = collections.Counter(), collections.defaultdict(float), collections.Counter()
+    names = collections.defaultdict(collections.Counter)  # bin -> CLIP's name of each region -> count
     novel_objects, novel_hit = 0, 0
     for r in records:
         if r.image_id not in index:
@@ -48,6 +49,7 @@ def region_bins(records: list, index: dict, split) -> dict:
             count[name] += 1
             weight[name] += float(probs[j])
             named_novel[name] += split.role_of(int(cats[j])) == "novel"
+            names[name][split.name_of(int(cats[j]))] += 1
         for g, role in enumerate(roles):
             if role == "novel":
                 novel_objects += 1
@@ -56,6 +58,9 @@ def region_bins(records: list, index: dict, split) -> dict:
     return {"num_regions": total, "share": {k: round(v / total, 4) for k, v in sorted(count.items())},
             "mean_weight": {k: round(weight[k] / count[k], 4) for k in sorted(count)},
             "named_novel": {k: round(named_novel[k] / count[k], 4) for k in sorted(count)},
+            "top_names": {k: {n: round(c / count[k], 4) for n, c in names[k].most_common(5)} for k in sorted(count)},
+            "top_names_all": {n: round(c / total, 4) for n, c in
+                              sum(names.values(), collections.Counter()).most_common(8)},
             "novel_objects": novel_objects, "novel_objects_targeted": round(novel_hit / max(novel_objects, 1), 4)}
 
 
