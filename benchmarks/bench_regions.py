@@ -133,7 +133,7 @@ def main() -> None:
                 square.paste(crop, ((square.width - crop.width) // 2, (square.height - crop.height) // 2))
                 tf(square)
 
-    ready = [crops.normalize(crops.cut_crops(t, b, scale=cfg.crop_scale, size=model.image_size))
+    ready = [model.normalize(crops.cut_crops(t, b, scale=cfg.crop_scale, size=model.image_size))
              for t, b in zip(tensors, boxes)]
 
     def model_only() -> None:

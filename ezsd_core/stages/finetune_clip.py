@@ -120,7 +120,7 @@ def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor
     """Top-1 accuracy of val GT crops over the all-category vocabulary (``text``: (K, D))."""
     preds, labels, areas = [], [], []
     for x, y, a in loader:
-        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
         preds.append((emb @ text.T).argmax(1).cpu())
         labels.append(y)
         areas.append(a)
@@ -144,7 +144,7 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
         for x, y, _ in tqdm(loader, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5):
             flip = torch.rand(len(x), generator=gen) < cfg.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+            emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
             text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
             loss = classification_loss(emb, text, y.to(device), scale, cfg.loss)
             opt.zero_grad(set_to_none=True)

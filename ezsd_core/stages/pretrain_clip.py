@@ -251,7 +251,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     model = teacher.model.train().requires_grad_(True)
     num_classes = int(classes.max()) + 2  # the categories and "no category" (last row)
     with torch.no_grad():
-        dim = model.encode_image(crops.normalize(images[:1].float() / 255)).shape[1]
+        dim = model.encode_image(teacher.normalize(images[:1].float() / 255)).shape[1]
     gen = torch.Generator().manual_seed(cfg.seed)
     prototypes = nn.Parameter(torch.randn(num_classes, dim, generator=gen))
     with torch.no_grad():  # the recipe starts exp(logit_scale) at 1.0, not CLIP's 1/0.07 (README)
@@ -266,7 +266,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     rows = []
     for step in tqdm(range(cfg.num_steps), desc="pretrain_clip", unit="step", mininterval=5):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        x = crops.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
+        x = teacher.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
         img = nn.functional.normalize(model.encode_image(x), dim=-1)
@@ -397,10 +397,10 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         out = {}
         every = clip.encode_texts(teacher, toyworld.CATEGORY_NAMES, [PROMPT])
         for kind, (x, y) in heldout.items():  # every picture's own vocabulary: all the web's names
-            emb = clip.encode_images(teacher, crops.normalize(x.float() / 255))
+            emb = clip.encode_images(teacher, teacher.normalize(x.float() / 255))
             out[f"{kind}/top1"] = round(zero_shot_top1(emb, every, y), 4)
         text = clip.encode_texts(teacher, names, [PROMPT])
-        emb = clip.encode_images(teacher, crops.normalize(crop_x))
+        emb = clip.encode_images(teacher, teacher.normalize(crop_x))
         return {**out, "scene_crop/top1": round(zero_shot_top1(emb, text, labels), 4),
                 "scene_crop/top1_base": round(zero_shot_top1(emb[~novel], text, labels[~novel]), 4),
                 "scene_crop/top1_novel": round(zero_shot_top1(emb[novel], text, labels[novel]), 4)}

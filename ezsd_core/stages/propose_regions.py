@@ -115,7 +115,7 @@ def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, cate
     logits = []
     for start in range(0, len(boxes), crops_per_batch):
         x = crops.cut_crops(image, boxes[start:start + crops_per_batch], scale=crop_scale, size=model.image_size)
-        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
         logits.append((model.logit_scale * emb @ text_embeds.T).cpu())
     scores, arg, prob = entropy_scores(torch.cat(logits) if logits else torch.zeros(0, len(category_ids)))
     keep = select_regions(boxes, scores, nms_iou=nms_iou, max_regions=max_regions)

@@ -10,11 +10,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "ezsd_core"
 LAYER0 = {"config", "artefacts", "lineage", "splits", "prompts"}
-LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data"}
+LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data",
+          "scriptarchive"}
 LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector"}
 ALLOWED: dict[str, set[str]] = {
     **{m: LAYER0 for m in LAYER0},
     **{m: LAYER0 for m in ("structures", "runtime", "toyshapes", "crops", "tinyclip")},
+    # scriptarchive: reads a TorchScript archive's tensors (torch only); clip builds on it
+    "scriptarchive": set(),
     "toydraw": LAYER0 | {"toyshapes"},
     "toyworld": LAYER0 | {"toyshapes", "toydraw"},
     "shards": LAYER0 | {"structures"},
