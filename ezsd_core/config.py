@@ -228,6 +228,7 @@ class EvaluateConfig(CommonConfig):
     score_thresh: float = knob(lo=0.0, hi=1.0)
     nms_thresh: float = knob(lo=0.0, hi=1.0)
     max_detections: int = knob(lo=1)  # per image (300 in the reference; AP at 100 is reported as well)
+    image_set: str = knob(choices=("all", "with_gt"))  # val images scored; with_gt: >= 1 box of the split (spec §6)
     batch_size: int = knob(lo=1, default=8)
 
 

@@ -80,7 +80,8 @@ def quiet():
 
 
 def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit, *,
-                 iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300)) -> dict[str, float]:
+                 iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300),
+                 image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """COCO AP / AP50 per subset (base, novel, all) with pycocotools, ``catIds`` restricted per subset.
 
     Args:
@@ -89,7 +90,9 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
         split: the subsets.
         iou_types: ``bbox`` and/or ``segm``.
         max_dets: detections per image considered; the largest gives the headline keys
-            (``bbox/AP50_novel``), the others a suffix (``bbox/AP50_novel@100``).
+            (``bbox/AP50_novel``), the others a suffix (``bbox/AP50_novel@100``). AP and AP50 are both
+            read at that number (``COCOeval.summarize`` reads AP at 100 whatever ``maxDets`` says).
+        image_ids: the images scored (``COCOeval.params.imgIds``); None = every image of ``gt_json``.
 
     Returns:
         Flat metrics; -1.0 where a subset has no GT (COCOeval's convention).
@@ -113,12 +116,14 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
                 if dt is not None and cats:
                     e = COCOeval(gt, dt, iou_type)
                     e.params.catIds, e.params.maxDets = cats, [1, 10, n]
+                    if image_ids is not None:
+                        e.params.imgIds = sorted(int(i) for i in image_ids)
                     with quiet():
                         e.evaluate()
                         e.accumulate()
-                        e.summarize()
-                    # stats[0] is read at maxDets=100 whatever params.maxDets says (-1 at 300)
-                    ap, ap50 = _summary_ap(e.eval["precision"]), float(e.stats[1])
+                    # not e.summarize()'s stats: its AP is read at maxDets=100 whatever params.maxDets says
+                    ap, ap50 = _summary_ap(e.eval["precision"]), _summary_ap(e.eval["precision"], iou=0.5,
+                                                                              iou_thrs=e.params.iouThrs)
                 elif cats:
                     ap, ap50 = 0.0, 0.0
                 out[f"{iou_type}/AP_{subset}{suffix}"] = ap
@@ -126,15 +131,21 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
     return out
 
 
-def _summary_ap(precision: np.ndarray) -> float:
-    """COCOeval's AP@[.50:.95] (area ``all``, the last maxDets) from its (T, R, K, A, M) precision."""
+def _summary_ap(precision: np.ndarray, iou: float | None = None, iou_thrs: np.ndarray | None = None) -> float:
+    """COCOeval's AP (area ``all``, the last maxDets) from its (T, R, K, A, M) precision: averaged over
+    the IoU thresholds T (AP@[.50:.95]), or at the one threshold ``iou`` of ``iou_thrs`` (AP50)."""
     s = precision[:, :, :, 0, -1]
+    if iou is not None:
+        s = s[np.where(np.isclose(iou_thrs, iou))[0]]
     return float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
 
 
 def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
-                 max_dets: int = 300) -> dict[str, float]:
+                 max_dets: int = 300, image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """LVIS AP, AP50, APr, APc, APf with the ``lvis`` package (``np.float`` shimmed for numpy >= 1.24).
+
+    Args:
+        image_ids: the images scored (``LVISEval.params.img_ids``); None = every image of ``gt_json``.
 
     Returns:
         ``{"bbox/AP", "bbox/APr", ...}`` as plain floats; -1.0 where LVIS reports no value.
@@ -154,6 +165,8 @@ def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequenc
         with quiet():
             e = LVISEval(gt, LVISResults(gt, usable, max_dets=max_dets), iou_type)
             e.params.max_dets = max_dets
+            if image_ids is not None:
+                e.params.img_ids = sorted(int(i) for i in image_ids)
             e.run()
         res = e.get_results()
         out.update({f"{iou_type}/{k}": float(res[k]) for k in ("AP", "AP50", "APr", "APc", "APf")})

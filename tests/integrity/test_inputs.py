@@ -77,7 +77,7 @@ def test_the_metric_counts_the_boxes_the_reader_kept(dirty_world: Path, tmp_path
         "val_annotations": ANN.format("val"), "train_images": "coco/train", "val_images": "coco/val",
         "run_root": tmp_path, "seed": 0, "device": "cpu", "num_workers": 0, "force": False, "batch_size": 8,
         "vocabulary": "all", "score_thresh": 0.0, "nms_thresh": 0.5,
-        "max_detections": 100})
+        "max_detections": 100, "image_set": "all"})
     with evaluate.ground_truth(cfg) as gt:
         metrics = evaluation.coco_metrics(gt, results, split, iou_types=("bbox",), max_dets=[100])
     assert metrics["bbox/AP50_all"] == pytest.approx(1.0)
