@@ -79,14 +79,15 @@ def quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit, *,
+def coco_metrics(gt_json: Path | str, results: list[dict] | Path, split: CategorySplit, *,
                  iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300),
                  image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """COCO AP / AP50 per subset (base, novel, all) with pycocotools, ``catIds`` restricted per subset.
 
     Args:
         gt_json: the val annotation file (COCO format).
-        results: detections in COCO results format (``bbox`` XYWH absolute; ``segmentation`` RLE for segm).
+        results: detections in COCO results format (``bbox`` XYWH absolute; ``segmentation`` RLE for segm),
+            or a non-empty JSON file of them (read by the evaluator, once per iou type: no second copy).
         split: the subsets.
         iou_types: ``bbox`` and/or ``segm``.
         max_dets: detections per image considered; the largest gives the headline keys
@@ -105,7 +106,7 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
     present = set(gt.getCatIds())
     out: dict[str, float] = {}
     for iou_type in iou_types:
-        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        usable = _usable(results, iou_type)
         with quiet():
             dt = gt.loadRes(usable) if usable else None
         for subset in ("base", "novel", "all"):
@@ -131,6 +132,14 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
     return out
 
 
+def _usable(results: list[dict] | Path, iou_type: str) -> list[dict] | str:
+    """The results an iou type can score: all for bbox, those with masks for segm; a file is passed on
+    whole (stage 05 writes one of either kind: every result has a mask, or none has)."""
+    if isinstance(results, str | Path):
+        return str(results)
+    return [r for r in results if iou_type == "bbox" or "segmentation" in r]
+
+
 def _summary_ap(precision: np.ndarray, iou: float | None = None, iou_thrs: np.ndarray | None = None) -> float:
     """COCOeval's AP (area ``all``, the last maxDets) from its (T, R, K, A, M) precision: averaged over
     the IoU thresholds T (AP@[.50:.95]), or at the one threshold ``iou`` of ``iou_thrs`` (AP50)."""
@@ -140,11 +149,12 @@ def _summary_ap(precision: np.ndarray, iou: float | None = None, iou_thrs: np.nd
     return float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
 
 
-def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
+def lvis_metrics(gt_json: Path | str, results: list[dict] | Path, *, iou_types: Sequence[str] = ("bbox", "segm"),
                  max_dets: int = 300, image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """LVIS AP, AP50, APr, APc, APf with the ``lvis`` package (``np.float`` shimmed for numpy >= 1.24).
 
     Args:
+        results: as for ``coco_metrics`` (a list, or a non-empty JSON file of them).
         image_ids: the images scored (``LVISEval.params.img_ids``); None = every image of ``gt_json``.
 
     Returns:
@@ -158,7 +168,7 @@ def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequenc
         gt = LVIS(str(gt_json))
     out: dict[str, float] = {}
     for iou_type in iou_types:
-        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        usable = _usable(results, iou_type)
         if not usable:
             out.update({f"{iou_type}/{k}": 0.0 for k in ("AP", "AP50", "APr", "APc", "APf")})
             continue

@@ -13,7 +13,10 @@ Imports: config, artefacts, lineage, runtime, data, structures, splits, detector
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -79,25 +82,54 @@ def to_results(dets: structures.Detections) -> list[dict]:
 
 
 @torch.no_grad()
-def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
-           num_workers: int, device: torch.device) -> list[dict]:
-    """COCO results (bbox XYWH absolute, dataset category ids, RLE masks) of every record.
+def iter_detections(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
+                    num_workers: int, device: torch.device) -> Iterator[list[dict]]:
+    """COCO results (bbox XYWH absolute, dataset category ids, RLE masks) of each batch of records, in order.
 
     Each batch's masks are encoded to RLE at once and dropped, so memory holds one batch's
     (P, H, W) masks, not the whole val set's; a detector without a mask branch pastes none.
     """
-    out = []
     loader = data.image_loader(records, num_workers)
     batch: list = []
     for i, image in tqdm(loader, total=len(records), desc="evaluate", unit="img", mininterval=10):
         batch.append((records[i].image_id, image.float().div(255).to(device)))
         if len(batch) == batch_size or i == len(records) - 1:
             dets = model([b[1] for b in batch], return_detections=True).detections
+            out: list[dict] = []
             for (image_id, _), d in zip(batch, dets):
                 cpu = {k: v.cpu() for k, v in d.items()}
                 out += to_results(structures.from_tv_output(cpu, image_id, category_ids.tolist()))
             batch = []
-    return out
+            yield out
+
+
+def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
+           num_workers: int, device: torch.device) -> list[dict]:
+    """Every record's COCO results in one list (``iter_detections`` gathered)."""
+    return [r for chunk in iter_detections(model, records, category_ids, batch_size, num_workers, device) for r in chunk]
+
+
+def write_detections(path: Path, chunks: Iterable[list[dict]]) -> int:
+    """Stream COCO results to ``path`` as one compact JSON list, chunk by chunk, atomically.
+
+    A full LVIS val run holds millions of results (300 per image, masks as RLE): written this way,
+    memory holds one chunk, not the whole list and its indented text (several GB).
+
+    Returns:
+        The number of results written.
+    """
+    n = 0
+    with artefacts.atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            f.write("[")
+            for chunk in chunks:
+                for r in chunk:
+                    f.write(("," if n else "") + json.dumps(r, separators=(",", ":")))
+                    n += 1
+            f.write("]\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return n
 
 
 def ground_truth(cfg: EvaluateConfig) -> AbstractContextManager[Path]:
@@ -124,10 +156,11 @@ def run(cfg: EvaluateConfig) -> StageResult:
     records = scored_records(val, cfg.image_set)
     used = protocol(cfg, split.style, len(ids), len(records), len(val))
     log.info("protocol: %s", "; ".join(f"{k} {v}" for k, v in used.items()))
-    results = detect(model, records, ids, cfg.batch_size, cfg.num_workers, device)
     image_ids = [r.image_id for r in records]
     out.mkdir(parents=True, exist_ok=True)
-    artefacts.atomic_write_json(out / "detections.json", results)
+    num_detections = write_detections(out / "detections.json",
+                                      iter_detections(model, records, ids, cfg.batch_size, cfg.num_workers, device))
+    results = out / "detections.json" if num_detections else []  # the evaluators read the file themselves
     iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
     with ground_truth(cfg) as gt:  # the val file under the reader's rules: the metric counts what was read
         if split.style == "lvis":
@@ -143,5 +176,5 @@ def run(cfg: EvaluateConfig) -> StageResult:
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=["detections.json", "metrics.json"], started_at=started,
         summary={**{k: v for k, v in metrics.items() if not k.startswith("protocol/")}, "num_images": len(records),
-                 "num_detections": len(results)}, extra={"protocol": used})
+                 "num_detections": num_detections}, extra={"protocol": used})
     return StageResult(out, False, manifest["summary"])

@@ -109,3 +109,19 @@ def test_image_ids_restrict_the_images_scored(tmp_path: Path) -> None:
     every = evaluation.coco_metrics(gt, dets, SPLIT, iou_types=("bbox",), max_dets=(100,))
     scored = evaluation.coco_metrics(gt, dets, SPLIT, iou_types=("bbox",), max_dets=(100,), image_ids=[1, 2])
     assert every["bbox/AP50_base"] < 1.0 and scored["bbox/AP50_base"] == pytest.approx(1.0)
+
+
+def test_metrics_of_a_results_file_equal_those_of_the_list(tmp_path: Path, smoke_world: Path) -> None:
+    gt = _gt(tmp_path / "gt.json")
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [40, 40, 5, 5], "score": 0.8},
+            {"image_id": 2, "category_id": 2, "bbox": [6, 5, 20, 20], "score": 0.7}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    as_list = evaluation.coco_metrics(gt, [dict(d) for d in dets], SPLIT, iou_types=("bbox",), max_dets=(100, 300))
+    assert evaluation.coco_metrics(gt, tmp_path / "dets.json", SPLIT, iou_types=("bbox",), max_dets=(100, 300)) == as_list
+    lvis_gt = smoke_world / "lvis/annotations/lvis_v1_val.json"
+    lvis_dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+                 for a in json.loads(lvis_gt.read_text())["annotations"]][::2]
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis_dets))
+    assert evaluation.lvis_metrics(lvis_gt, tmp_path / "lvis.json", iou_types=("bbox",)) == \
+        evaluation.lvis_metrics(lvis_gt, lvis_dets, iou_types=("bbox",))

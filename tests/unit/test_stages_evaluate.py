@@ -46,3 +46,44 @@ def test_protocol_names_vocabulary_max_dets_threshold_and_images() -> None:
     assert p["score_thresh"] == 0.0 and p["nms_thresh"] == 0.5
     assert p["image_set"] == "with_gt: 4952 of 5000 val images"
     assert evaluate.protocol(cfg, "lvis", 1203, 10, 12)["max_dets"] == "300"
+
+
+class _Chunk(list):
+    """A list that can be weak-referenced, to see whether the writer keeps earlier chunks alive."""
+
+
+def _results(n: int, start: int = 0) -> list[dict]:
+    return [{"image_id": start + i // 3, "category_id": 1 + i % 5, "score": 0.123456789 * (i + 1) % 1,
+             "bbox": [1.5 * i, 2.25, 10.0 + i / 7, 3.0],
+             "segmentation": {"size": [64, 48], "counts": f"a1b2\\\\c{i}\"q"}} for i in range(n)]
+
+
+def test_detections_are_streamed_compactly_with_the_old_writers_content(tmp_path: Path) -> None:
+    import json
+    import weakref
+
+    from ezsd_core import artefacts
+
+    chunks = [_results(7, 0), [], _results(5, 10), _results(1, 20)]
+    everything = [r for c in chunks for r in c]
+    artefacts.atomic_write_json(tmp_path / "old.json", everything)  # the writer stage 05 used before
+    alive: list = []
+
+    def stream():
+        for c in chunks:
+            chunk = _Chunk(c)
+            alive.append(weakref.ref(chunk))
+            yield chunk
+            del chunk
+            assert sum(r() is not None for r in alive) <= 1, "the writer holds on to earlier chunks"
+
+    chunks_copy = [list(c) for c in chunks]
+    n = evaluate.write_detections(tmp_path / "detections.json", stream())
+    text = (tmp_path / "detections.json").read_text()
+    assert n == len(everything) == 13
+    assert json.loads(text) == json.loads((tmp_path / "old.json").read_text()) == everything
+    assert text == json.dumps(everything, separators=(",", ":")) + "\n"  # compact: no indent, no spaces
+    assert text.count("\n") == 1 and chunks == chunks_copy
+    assert evaluate.write_detections(tmp_path / "empty.json", iter([[], []])) == 0
+    assert json.loads((tmp_path / "empty.json").read_text()) == []
+    assert not list(tmp_path.glob("*.tmp-*")), "written atomically"
