@@ -103,7 +103,8 @@ class FinetuneClipConfig(CommonConfig):
     prompt_templates: tuple[str, ...]  # e.g. ["a photo of a {}"] (the reference uses just this one)
     loss: str = knob(choices=("bce", "softmax"))  # bce = the reference's sigmoid BCE on logit_scale*cos
     loss_logit_scale: float | None = knob(lo=0.01)  # multiplier of cos in the loss; null = CLIP's own (100)
-    epochs: int = knob(lo=0)
+    epochs: int | None = knob(lo=0)  # passes over the training crops; or max_steps (exactly one of the two)
+    max_steps: int | None = knob(lo=0)  # optimizer steps (batches), when epochs is null
     batch_size: int = knob(lo=1)  # images per step; every base GT crop of an image is a sample
     lr: float = knob(lo=0.0)
     weight_decay: float = knob(lo=0.0)
@@ -202,8 +203,9 @@ class TrainDetectorConfig(CommonConfig):
     weight_decay: float = knob(lo=0.0)
     warmup_steps: int = knob(lo=0)
     lr_schedule: str = knob(choices=("step", "cosine"))
-    lr_steps: tuple[int, ...]  # step schedule: x0.1 at each
-    max_steps: int = knob(lo=1)
+    lr_steps: tuple[int, ...] = knob(lo=0)  # x0.1 at each: epochs when epochs is set, else steps
+    epochs: int | None = knob(lo=1)  # of the training images after filtering and repeat-factor sampling; or ...
+    max_steps: int | None = knob(lo=1)  # ... optimizer steps (exactly one of the two)
     batch_size: int = knob(lo=1)  # images per step, over all processes
     grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
     hflip_prob: float = knob(lo=0.0, hi=1.0)
@@ -296,6 +298,10 @@ def _validate(cfg: CommonConfig) -> None:
         if any(lo is not None and v < lo or hi is not None and v > hi for v in items):
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{f.name}: got {value!r}; allowed range {rng}")
+    if hasattr(cfg, "epochs") and hasattr(cfg, "max_steps") and (cfg.epochs is None) == (cfg.max_steps is None):
+        given = "both are set" if cfg.epochs is not None else "both are null"
+        raise ConfigError(f"epochs: give exactly one of epochs and max_steps ({given}: epochs={cfg.epochs!r}, "
+                          f"max_steps={cfg.max_steps!r}); set the other to null")
     if hasattr(cfg, "num_shards") and not 0 <= cfg.shard_index < cfg.num_shards:
         raise ConfigError(f"shard_index: got {cfg.shard_index}; allowed 0..{cfg.num_shards - 1} "
                           f"(num_shards = {cfg.num_shards})")
