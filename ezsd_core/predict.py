@@ -106,9 +106,9 @@ class Predictor:
         """
         run_dir = Path(run_dir)
         dev = runtime.resolve_device(device)
-        finetune = artefacts.require_complete(run_dir, "finetune_clip")
         model, _ = trained.load_trained_detector(run_dir, dev, score_thresh=score_thresh,
                                                  detections_per_img=max_detections)
+        finetune = artefacts.require_complete(run_dir, "finetune_clip")
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
         templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates
         return cls(model, text_model, templates, dev, masks=masks)
