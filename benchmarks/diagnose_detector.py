@@ -86,8 +86,9 @@ def main() -> None:
     overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "evaluate", source=str(args.params),
                               overrides=overrides)
-    model, _ = trained.load_trained_detector(cfg.run_root, "cpu", score_thresh=cfg.score_thresh,
-                                             nms_thresh=cfg.nms_thresh, detections_per_img=cfg.max_detections)
+    model, _ = trained.load_trained_detector(cfg.run_root, "cpu", box_score_thresh=cfg.box_score_thresh,
+                                             box_nms_thresh=cfg.box_nms_thresh,
+                                             box_detections_per_img=cfg.box_detections_per_img)
     ids = trained.set_run_vocabulary(model, cfg.run_root, "all")
     split, records = data.read_config_records(cfg, "val")
     base, novel = set(split.ids("base")), set(split.ids("novel"))

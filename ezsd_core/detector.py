@@ -48,8 +48,8 @@ class DetectorSpec:
     fpn_channels: int
     min_size: tuple[int, ...]  # GeneralizedRCNNTransform: one drawn per training batch, the last at test
     max_size: int
-    anchor_sizes: tuple[int, ...]  # one per FPN level (P2..P6)
-    anchor_ratios: tuple[float, ...]
+    rpn_anchor_sizes: tuple[int, ...]  # side px, one per FPN level (P2..P6)
+    rpn_anchor_ratios: tuple[float, ...]
     rpn_pre_nms_train: int
     rpn_post_nms_train: int
     rpn_pre_nms_test: int
@@ -68,9 +68,9 @@ class DetectorSpec:
     classifier_loss: str  # softmax | seesaw
     box_loss_weight: float
     distill_weight: float  # lambda
-    score_thresh: float
-    nms_thresh: float
-    detections_per_img: int
+    box_score_thresh: float
+    box_nms_thresh: float
+    box_detections_per_img: int
     roi_canonical_scale: int = 224  # RoIs of this side pool from FPN level 4 (k = 4 + log2(side / scale))
 
 
@@ -237,7 +237,8 @@ class EzsdRoIHeads(RoIHeads):
                                                 spec.classifier_loss == "seesaw"),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=spec.roi_batch_size,
             positive_fraction=spec.roi_positive_fraction, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-            score_thresh=spec.score_thresh, nms_thresh=spec.nms_thresh, detections_per_img=spec.detections_per_img,
+            score_thresh=spec.box_score_thresh, nms_thresh=spec.box_nms_thresh,
+            detections_per_img=spec.box_detections_per_img,
             mask_roi_pool=MultiScaleRoIAlign(LEVELS, 14, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale)
             if mask else None,
             mask_head=MaskRCNNHeads(out_channels, [spec.mask_head_dim] * spec.mask_head_convs, 1) if mask else None,
@@ -350,10 +351,11 @@ class EzsdDetector(nn.Module):
         self.transform = GeneralizedRCNNTransform(spec.min_size, spec.max_size, [0.485, 0.456, 0.406],
                                                   [0.229, 0.224, 0.225])
         self.backbone = BACKBONES[spec.backbone](spec)
-        sizes = tuple((s,) for s in spec.anchor_sizes)
-        anchors = AnchorGenerator(sizes, (spec.anchor_ratios,) * len(sizes))
+        sizes = tuple((s,) for s in spec.rpn_anchor_sizes)
+        anchors = AnchorGenerator(sizes, (spec.rpn_anchor_ratios,) * len(sizes))
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(self.backbone.out_channels, len(spec.anchor_ratios)), 0.7, 0.3, spec.rpn_batch_size, 0.5,
+            anchors, RPNHead(self.backbone.out_channels, len(spec.rpn_anchor_ratios)), 0.7, 0.3, spec.rpn_batch_size,
+            0.5,
             {"training": spec.rpn_pre_nms_train, "testing": spec.rpn_pre_nms_test},
             {"training": spec.rpn_post_nms_train, "testing": spec.rpn_post_nms_test}, 0.7)
         self.roi_heads = EzsdRoIHeads(spec, self.backbone.out_channels, text_embeds)

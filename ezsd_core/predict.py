@@ -106,8 +106,8 @@ class Predictor:
         """
         run_dir = Path(run_dir)
         dev = runtime.resolve_device(device)
-        model, _ = trained.load_trained_detector(run_dir, dev, score_thresh=score_thresh,
-                                                 detections_per_img=max_detections)
+        model, _ = trained.load_trained_detector(run_dir, dev, box_score_thresh=score_thresh,
+                                                 box_detections_per_img=max_detections)
         finetune = artefacts.require_complete(run_dir, "finetune_clip")
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
         templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates

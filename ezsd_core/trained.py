@@ -19,7 +19,11 @@ from torch import Tensor
 
 from ezsd_core import artefacts, detector
 
-INFERENCE_FIELDS = ("score_thresh", "nms_thresh", "detections_per_img")  # what a reader may change
+# DetectorSpec fields as stage 04 recorded them before the knob vocabulary (runs on disk keep loading)
+OLD_SPEC_NAMES = {"anchor_sizes": "rpn_anchor_sizes", "anchor_ratios": "rpn_anchor_ratios",
+                  "score_thresh": "box_score_thresh", "nms_thresh": "box_nms_thresh",
+                  "detections_per_img": "box_detections_per_img"}
+INFERENCE_FIELDS = ("box_score_thresh", "box_nms_thresh", "box_detections_per_img")  # what a reader may change
 
 
 def spec_from_manifest(manifest: dict[str, Any], **inference: Any) -> detector.DetectorSpec:
@@ -36,20 +40,22 @@ def spec_from_manifest(manifest: dict[str, Any], **inference: Any) -> detector.D
     if unknown:
         raise ValueError(f"{unknown[0]}: not an inference setting of a trained detector; allowed: "
                          f"{', '.join(INFERENCE_FIELDS)}")
-    # JSON has lists where the spec has tuples (min_size, anchor_sizes, anchor_ratios): the spec stays hashable
-    spec = detector.DetectorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in manifest["detector"].items()})
+    recorded = {OLD_SPEC_NAMES.get(k, k): v for k, v in manifest["detector"].items()}  # runs of the first names
+    # JSON has lists where the spec has tuples (min_size, rpn_anchor_sizes, rpn_anchor_ratios): the spec stays hashable
+    spec = detector.DetectorSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()})
     return dataclasses.replace(spec, **{k: v for k, v in inference.items() if v is not None})
 
 
 def load_trained_detector(run_dir: Path | str, device: str | torch.device = "cpu", *,
-                          score_thresh: float | None = None, nms_thresh: float | None = None,
-                          detections_per_img: int | None = None) -> tuple[detector.EzsdDetector, detector.DetectorSpec]:
+                          box_score_thresh: float | None = None, box_nms_thresh: float | None = None,
+                          box_detections_per_img: int | None = None
+                          ) -> tuple[detector.EzsdDetector, detector.DetectorSpec]:
     """Stage 04's detector of a run, in eval mode on ``device``, classifying its training (base) vocabulary.
 
     Args:
         run_dir: ``runs/<split>`` (its ``04_train_detector`` must be complete).
         device: where to put the model.
-        score_thresh, nms_thresh, detections_per_img: inference settings; None keeps what stage 04
+        box_score_thresh, box_nms_thresh, box_detections_per_img: inference settings; None keeps what stage 04
             recorded (0.05, 0.5, 100).
 
     Returns:
@@ -62,8 +68,8 @@ def load_trained_detector(run_dir: Path | str, device: str | torch.device = "cpu
     from safetensors.torch import load_file
 
     manifest = artefacts.require_complete(run_dir, "train_detector")
-    spec = spec_from_manifest(manifest, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                              detections_per_img=detections_per_img)
+    spec = spec_from_manifest(manifest, box_score_thresh=box_score_thresh, box_nms_thresh=box_nms_thresh,
+                              box_detections_per_img=box_detections_per_img)
     state = load_file(str(artefacts.stage_dir(run_dir, "train_detector") / "model.safetensors"))
     model = detector.build_detector(spec, state["roi_heads.box_predictor.text_embeds"])
     model.load_state_dict(state)

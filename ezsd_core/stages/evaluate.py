@@ -4,7 +4,7 @@ Paper step: zero-shot inference and evaluation (arXiv 2303.12145 §4; method spe
 trained detector is untouched except its classifier's text embeddings, which are swapped for the
 vocabulary's (base + novel); the learned background vector and temperature stay. COCO-style
 splits report bbox/segm AP and AP50 for base / novel / all (pycocotools, ``catIds`` per subset) at
-``max_detections`` and at 100 per image; LVIS-style splits report AP, APr, APc, APf (lvis). The val
+``box_detections_per_img`` and at 100 per image; LVIS-style splits report AP, APr, APc, APf (lvis). The val
 images scored are ``image_set``'s; the protocol is stored next to the numbers.
 Reads: ``01_finetune_clip``, ``04_train_detector``, val annotations.
 Writes: ``05_evaluate/{detections.json, metrics.json, manifest.json}``.
@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from ezsd_core import artefacts, config, data, detector, evaluation, lineage, runtime, structures, trained
@@ -59,13 +58,13 @@ def protocol(cfg: EvaluateConfig, style: str, num_names: int, num_scored: int, n
 
     Returns:
         ``vocabulary`` (stage 01 vocabulary and its size), ``max_dets`` (detections per image the AP
-        keys are computed at), ``score_thresh``, ``nms_thresh``, ``image_set`` (which val images and
+        keys are computed at), ``box_score_thresh``, ``box_nms_thresh``, ``image_set`` (which val images and
         how many of how many) and ``evaluator``.
     """
-    max_dets = [cfg.max_detections] if style == "lvis" else sorted({100, cfg.max_detections})
+    max_dets = [cfg.box_detections_per_img] if style == "lvis" else sorted({100, cfg.box_detections_per_img})
     return {"vocabulary": f"{cfg.vocabulary} ({num_names} names)",
-            "max_dets": ",".join(map(str, max_dets)) + (" (unsuffixed keys at the largest)" if len(max_dets) > 1 else ""),
-            "score_thresh": cfg.score_thresh, "nms_thresh": cfg.nms_thresh,
+            "max_dets": ",".join(map(str, max_dets)) + (" (unsuffixed keys at the largest)" * (len(max_dets) > 1)),
+            "box_score_thresh": cfg.box_score_thresh, "box_nms_thresh": cfg.box_nms_thresh,
             "image_set": f"{cfg.image_set}: {num_scored} of {num_val} val images",
             "evaluator": "lvis LVISEval" if style == "lvis" else "pycocotools COCOeval, catIds per subset"}
 
@@ -106,7 +105,8 @@ def iter_detections(model: detector.EzsdDetector, records: list, category_ids: t
 def detect(model: detector.EzsdDetector, records: list, category_ids: torch.Tensor, batch_size: int,
            num_workers: int, device: torch.device) -> list[dict]:
     """Every record's COCO results in one list (``iter_detections`` gathered)."""
-    return [r for chunk in iter_detections(model, records, category_ids, batch_size, num_workers, device) for r in chunk]
+    chunks = iter_detections(model, records, category_ids, batch_size, num_workers, device)
+    return [r for chunk in chunks for r in chunk]
 
 
 def write_detections(path: Path, chunks: Iterable[list[dict]]) -> int:
@@ -148,8 +148,9 @@ def run(cfg: EvaluateConfig) -> StageResult:
     runtime.configure_threads()
     device = runtime.resolve_device(cfg.device)
     out, chash, upstream, started = begun.stage_dir, begun.config_hash, begun.upstream, begun.started_at
-    model, _ = trained.load_trained_detector(cfg.run_root, device, score_thresh=cfg.score_thresh,
-                                             nms_thresh=cfg.nms_thresh, detections_per_img=cfg.max_detections)
+    model, _ = trained.load_trained_detector(cfg.run_root, device, box_score_thresh=cfg.box_score_thresh,
+                                             box_nms_thresh=cfg.box_nms_thresh,
+                                             box_detections_per_img=cfg.box_detections_per_img)
     ids = trained.set_run_vocabulary(model, cfg.run_root, cfg.vocabulary)
     dropped: dict[str, int] = {}
     split, val = data.read_config_records(cfg, "val", counts=dropped)
@@ -164,11 +165,11 @@ def run(cfg: EvaluateConfig) -> StageResult:
     iou_types = ("bbox", "segm") if model.roi_heads.has_mask() else ("bbox",)
     with ground_truth(cfg) as gt:  # the val file under the reader's rules: the metric counts what was read
         if split.style == "lvis":
-            metrics = evaluation.lvis_metrics(gt, results, iou_types=iou_types, max_dets=cfg.max_detections,
+            metrics = evaluation.lvis_metrics(gt, results, iou_types=iou_types, max_dets=cfg.box_detections_per_img,
                                               image_ids=image_ids)
         else:
             metrics = evaluation.coco_metrics(gt, results, split, iou_types=iou_types,
-                                              max_dets=sorted({100, cfg.max_detections}), image_ids=image_ids)
+                                              max_dets=sorted({100, cfg.box_detections_per_img}), image_ids=image_ids)
     metrics = {**{k: round(v, 4) for k, v in metrics.items()}, **{f"protocol/{k}": v for k, v in used.items()},
                **{f"input/{k}": v for k, v in dropped.items() if v}}
     artefacts.atomic_write_json(out / "metrics.json", metrics)

@@ -77,16 +77,16 @@ def repeat_factors(records: list[ImageRecord], thresh: float) -> np.ndarray:
     return np.array([max((rc[c] for c in set(r.gt_category_ids.tolist())), default=1.0) for r in records])
 
 
-def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, num_steps: int, seed: int) -> list[list[tuple]]:
-    """``num_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
+def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, max_steps: int, seed: int) -> list[list[tuple]]:
+    """``max_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
     appears floor(r_i) times plus once more with probability frac(r_i). Deterministic in the seed."""
     plan, flat, epoch = [], [], 0
-    while len(plan) < num_steps:
+    while len(plan) < max_steps:
         rng = np.random.default_rng([seed, epoch])
         reps = np.floor(factors).astype(int) + (rng.random(num_images) < factors - np.floor(factors))
         order = rng.permutation(np.repeat(np.arange(num_images), reps))
         flat += [(epoch, int(i)) for i in order]
-        while len(flat) >= batch_size and len(plan) < num_steps:
+        while len(flat) >= batch_size and len(plan) < max_steps:
             plan.append(flat[:batch_size])
             flat = flat[batch_size:]
         epoch += 1
@@ -151,8 +151,8 @@ def detector_spec(cfg: TrainDetectorConfig, embed_dim: int) -> detector.Detector
     """The DetectorSpec of a stage config (what the manifest records to rebuild the model)."""
     names = {f for f in detector.DetectorSpec.__dataclass_fields__}
     values = {k: v for k, v in config.config_dict(cfg).items() if k in names}
-    return detector.DetectorSpec(**values, min_size=tuple(cfg.min_sizes), embed_dim=embed_dim, score_thresh=0.05,
-                                 nms_thresh=0.5, detections_per_img=100)
+    return detector.DetectorSpec(**values, min_size=tuple(cfg.min_sizes), embed_dim=embed_dim,
+                                 box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,9 +30,10 @@ def _spec(name: str) -> dict[tuple[str, str], object]:
         ("finetune_clip", "min_box_side"): "10 px of the resized image",
         # §3: 15 anchors per point on a stride-32 grid of the 1333 x 800 image, r = 1.0, NMS 0.7, top 1000
         ("propose_regions", "resize_min_side"): 800, ("propose_regions", "resize_max_side"): 1333,
-        ("propose_regions", "anchor_stride"): 32, ("propose_regions", "anchor_sides"): [32, 64, 128, 256, 512],
-        ("propose_regions", "anchor_ratios"): [0.5, 1.0, 2.0], ("propose_regions", "crop_scale"): 1.0,
-        ("propose_regions", "nms_iou"): 0.7, ("propose_regions", "max_regions"): 1000,
+        ("propose_regions", "region_anchor_stride"): 32,
+        ("propose_regions", "region_anchor_sizes"): [32, 64, 128, 256, 512],
+        ("propose_regions", "region_anchor_ratios"): [0.5, 1.0, 2.0], ("propose_regions", "crop_scale"): 1.0,
+        ("propose_regions", "region_nms_thresh"): 0.7, ("propose_regions", "max_regions"): 1000,
         # §4, §5.3: IoU < 0.3 filter (against all GT: the leak), base-filtered first-N or random N; 200 used
         ("extract_features", "iou_filter_gt"): "all", ("extract_features", "iou_thresh"): 0.3,
         ("extract_features", "subset_rule"): "drop_base" if name == "coco_48_17" else "random",
@@ -42,9 +43,10 @@ def _spec(name: str) -> dict[tuple[str, str], object]:
         ("train_detector", "backbone"): "resnet101" if few else "resnet50",
         ("train_detector", "pretrained_backbone"): True, ("train_detector", "trainable_backbone_layers"): 3,
         ("train_detector", "fpn_channels"): 256,
-        ("train_detector", "min_sizes"): [800] if name == "coco_48_17" else "range [640, 800]" if name == "lvis_866_337" else multi,
-        ("train_detector", "max_size"): 1333, ("train_detector", "anchor_sizes"): [32, 64, 128, 256, 512],
-        ("train_detector", "anchor_ratios"): [0.5, 1.0, 2.0], ("train_detector", "rpn_pre_nms_train"): 2000,
+        ("train_detector", "min_sizes"): [800] if name == "coco_48_17" else
+        "range [640, 800]" if name == "lvis_866_337" else multi,
+        ("train_detector", "max_size"): 1333, ("train_detector", "rpn_anchor_sizes"): [32, 64, 128, 256, 512],
+        ("train_detector", "rpn_anchor_ratios"): [0.5, 1.0, 2.0], ("train_detector", "rpn_pre_nms_train"): 2000,
         ("train_detector", "rpn_post_nms_train"): 1000, ("train_detector", "rpn_pre_nms_test"): 1000,
         ("train_detector", "rpn_post_nms_test"): 1000, ("train_detector", "rpn_batch_size"): "L1 RPN loss",
         ("train_detector", "roi_batch_size"): 512, ("train_detector", "roi_positive_fraction"): 0.25,
@@ -66,7 +68,8 @@ def _spec(name: str) -> dict[tuple[str, str], object]:
         ("train_detector", "amp"): False,
         # §5.5, §6
         ("evaluate", "vocabulary"): "proposal" if name == "lvis_405_798" else "all",
-        ("evaluate", "score_thresh"): 0.0, ("evaluate", "nms_thresh"): 0.5, ("evaluate", "max_detections"): 300,
+        ("evaluate", "box_score_thresh"): 0.0, ("evaluate", "box_nms_thresh"): 0.5,
+        ("evaluate", "box_detections_per_img"): 300,
         ("evaluate", "image_set"): "all" if few else "with_gt",
     }
 

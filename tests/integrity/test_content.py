@@ -108,7 +108,8 @@ def test_a_checkpoint_file_given_as_input_is_hashed_into_the_lineage(tmp_path: P
     local = config.stage_config(doc, "finetune_clip", source="x", overrides=[*sets[:2], sets[3],
                                                                             f"finetune_clip.clip_pretrained=local-dir:{folder}"])
     before = config.upstream_hashes(local)
-    assert {"file:clip_pretrained/open_clip_config.json", "file:clip_pretrained/open_clip_model.safetensors"} <= set(before)
+    names = {"file:clip_pretrained/open_clip_config.json", "file:clip_pretrained/open_clip_model.safetensors"}
+    assert names <= set(before)
     (folder / "open_clip_model.safetensors").write_bytes(b"weights v2")
     assert config.upstream_hashes(local) != before, "a local-dir: folder's files are inputs too"
 

@@ -74,7 +74,8 @@ def _local_dir(model: clip.Clip, folder: Path, preprocess: dict | None = None) -
     import json
 
     folder.mkdir()
-    save_file({k: v.contiguous() for k, v in model.model.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    state = {k: v.contiguous() for k, v in model.model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"))
     cfg = {"model_cfg": clip.packaged_config(model.model_name)}
     if preprocess:
         cfg["preprocess_cfg"] = preprocess

@@ -118,7 +118,8 @@ def test_metrics_of_a_results_file_equal_those_of_the_list(tmp_path: Path, smoke
             {"image_id": 2, "category_id": 2, "bbox": [6, 5, 20, 20], "score": 0.7}]
     (tmp_path / "dets.json").write_text(json.dumps(dets))
     as_list = evaluation.coco_metrics(gt, [dict(d) for d in dets], SPLIT, iou_types=("bbox",), max_dets=(100, 300))
-    assert evaluation.coco_metrics(gt, tmp_path / "dets.json", SPLIT, iou_types=("bbox",), max_dets=(100, 300)) == as_list
+    from_file = evaluation.coco_metrics(gt, tmp_path / "dets.json", SPLIT, iou_types=("bbox",), max_dets=(100, 300))
+    assert from_file == as_list
     lvis_gt = smoke_world / "lvis/annotations/lvis_v1_val.json"
     lvis_dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
                  for a in json.loads(lvis_gt.read_text())["annotations"]][::2]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ezsd_core import artefacts, clip, crops, toydraw, toyworld
+from ezsd_core import artefacts, clip, toydraw, toyworld
 from ezsd_core.stages import pretrain_clip
 
 

@@ -43,7 +43,7 @@ def test_protocol_names_vocabulary_max_dets_threshold_and_images() -> None:
     cfg = config.stage_config(doc, "evaluate", source="coco_48_17")
     p = evaluate.protocol(cfg, "coco", num_names=65, num_scored=4952, num_val=5000)
     assert p["vocabulary"] == "all (65 names)" and p["max_dets"].startswith("100,300")
-    assert p["score_thresh"] == 0.0 and p["nms_thresh"] == 0.5
+    assert p["box_score_thresh"] == 0.0 and p["box_nms_thresh"] == 0.5
     assert p["image_set"] == "with_gt: 4952 of 5000 val images"
     assert evaluate.protocol(cfg, "lvis", 1203, 10, 12)["max_dets"] == "300"
 

@@ -38,7 +38,7 @@ def test_repeat_factors_follow_the_lvis_formula() -> None:
 
 
 def test_batch_plan_is_deterministic_and_repeats_rare_images() -> None:
-    plan = st.batch_plan(10, np.ones(10), batch_size=4, num_steps=7, seed=3)
+    plan = st.batch_plan(10, np.ones(10), batch_size=4, max_steps=7, seed=3)
     assert len(plan) == 7 and all(len(b) == 4 for b in plan) and plan == st.batch_plan(10, np.ones(10), 4, 7, 3)
     assert sorted(i for e, i in sum(plan, []) if e == 0) == list(range(10)), "an epoch visits every image once"
     factors = np.ones(10)

@@ -12,12 +12,13 @@ from safetensors.torch import save_file
 from ezsd_core import artefacts, detector, shards, trained
 
 SPEC = dict(backbone="toy", pretrained_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
-            max_size=64, anchor_sizes=(8, 16, 32, 64, 128), anchor_ratios=(0.5, 1.0, 2.0), rpn_pre_nms_train=100,
+            max_size=64, rpn_anchor_sizes=(8, 16, 32, 64, 128), rpn_anchor_ratios=(0.5, 1.0, 2.0),
+            rpn_pre_nms_train=100,
             rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50, rpn_batch_size=32,
             roi_batch_size=16, roi_positive_fraction=0.25, head_shared_convs=1, head_branch_convs=1,
             head_conv_dim=8, head_fc_dim=32, mask_head_convs=1, mask_head_dim=8, embed_dim=16,
             temperature_init=20.0, classifier_loss="softmax", box_loss_weight=1.0, distill_weight=1.0,
-            score_thresh=0.05, nms_thresh=0.5, detections_per_img=100)
+            box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
 
 
 def _fake_run(root: Path) -> tuple[detector.EzsdDetector, detector.DetectorSpec]:
@@ -43,8 +44,8 @@ def _fake_run(root: Path) -> tuple[detector.EzsdDetector, detector.DetectorSpec]
 
 def test_loader_rebuilds_the_trained_weights_with_the_inference_settings_asked_for(tmp_path: Path) -> None:
     model, spec = _fake_run(tmp_path)
-    loaded, got = trained.load_trained_detector(tmp_path, "cpu", score_thresh=0.0, detections_per_img=7)
-    assert got == detector.DetectorSpec(**{**SPEC, "score_thresh": 0.0, "detections_per_img": 7})
+    loaded, got = trained.load_trained_detector(tmp_path, "cpu", box_score_thresh=0.0, box_detections_per_img=7)
+    assert got == detector.DetectorSpec(**{**SPEC, "box_score_thresh": 0.0, "box_detections_per_img": 7})
     assert not loaded.training and got.min_size == (64,)
     state = loaded.state_dict()
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -67,3 +68,14 @@ def test_run_vocabulary_is_swapped_in_and_unknown_ones_are_named(tmp_path: Path)
         trained.set_run_vocabulary(loaded, tmp_path, "proposal")
     with pytest.raises(ValueError, match="lr: not an inference setting"):
         trained.spec_from_manifest({"detector": {**SPEC, "min_size": [64]}}, lr=0.1)
+
+
+def test_a_run_recorded_under_the_first_knob_names_still_loads(tmp_path: Path) -> None:
+    model, spec = _fake_run(tmp_path)
+    path = artefacts.stage_dir(tmp_path, "train_detector") / "manifest.json"
+    manifest = artefacts.read_manifest(path.parent)
+    first = {"rpn_anchor_sizes": "anchor_sizes", "rpn_anchor_ratios": "anchor_ratios",
+             "box_score_thresh": "score_thresh", "box_nms_thresh": "nms_thresh",
+             "box_detections_per_img": "detections_per_img"}
+    manifest["detector"] = {first.get(k, k): v for k, v in manifest["detector"].items()}
+    assert trained.spec_from_manifest(manifest) == spec
