@@ -5,7 +5,8 @@ module tree), ``<name>/data/<key>`` (raw tensor storages) and ``<name>/code/`` (
 ``torch.jit.load`` compiles and runs that code, and ``torch.load(weights_only=True)`` refuses the
 archive, so this module unpickles ``data.pkl`` with a restricted unpickler instead: module objects
 become plain attribute holders, tensors are rebuilt from their storages by torch's own
-``_rebuild_tensor_v2``, and any other global (a function, a class outside that short list) is an
+``_rebuild_tensor_v2``, typed lists and dicts (``torch.jit._pickle``'s builders) are plain data,
+and any other global (a function, a class outside that short list) is an
 error. The ``code/`` entries are never read.
 Layer 1: torch, standard library.
 """
@@ -25,6 +26,12 @@ _STORAGE_DTYPES = {
     "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
+
+
+# TorchScript's pickler wraps typed list / dict attributes in these; each only returns its data
+_BUILDERS = {"build_intlist": lambda x: list(x), "build_doublelist": lambda x: list(x),
+             "build_boollist": lambda x: list(x), "build_tensorlist": lambda x: list(x),
+             "restore_type_tag": lambda value, _type: value}
 
 
 class ScriptObject:
@@ -49,6 +56,8 @@ class _Unpickler(pickle.Unpickler):
             return ScriptObject
         if module == "torch._utils" and name == "_rebuild_tensor_v2":
             return torch._utils._rebuild_tensor_v2
+        if module == "torch.jit._pickle" and name in _BUILDERS:
+            return _BUILDERS[name]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         if (module, name) == ("collections", "OrderedDict"):

@@ -22,10 +22,13 @@ NAME = "ezsd-test-openai-layout"
 
 
 class Holder(nn.Module):
-    """A module with no behaviour: scripted only to carry named parameters and buffers."""
+    """A module with no behaviour: scripted only to carry named parameters and buffers (and, as real
+    archives may, typed list and dict attributes, which TorchScript pickles through its own builders)."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.sizes = [32, 16]
+        self.names = {"a": 1}
 
     def forward(self, x: Tensor) -> Tensor:
         return x
