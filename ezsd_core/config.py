@@ -186,6 +186,8 @@ class TrainDetectorConfig(CommonConfig):
     roi_batch_size: int = knob(lo=1)
     roi_positive_fraction: float = knob(lo=0.0, hi=1.0)
     roi_canonical_scale: int = knob(lo=1)  # box side pooled from FPN level 4 (torchvision/FPN paper: 224)
+    roi_sampling_ratio: int = knob(lo=0)  # RoIAlign samples per bin side; 0 = adaptive (the reference)
+    roi_aligned: bool  # RoIAlign with the half-pixel shift (the reference: true)
     head_shared_convs: int = knob(lo=0)
     head_branch_convs: int = knob(lo=0)
     head_conv_dim: int = knob(lo=1)

@@ -50,7 +50,8 @@ def _spec(name: str) -> dict[tuple[str, str], object]:
         ("train_detector", "rpn_post_nms_train"): 1000, ("train_detector", "rpn_pre_nms_test"): 1000,
         ("train_detector", "rpn_post_nms_test"): 1000, ("train_detector", "rpn_batch_size"): "L1 RPN loss",
         ("train_detector", "roi_batch_size"): 512, ("train_detector", "roi_positive_fraction"): 0.25,
-        ("train_detector", "roi_canonical_scale"): "RoIAlign sampling_ratio 0, aligned",
+        ("train_detector", "roi_canonical_scale"): 224, ("train_detector", "roi_sampling_ratio"): 0,
+        ("train_detector", "roi_aligned"): True,
         ("train_detector", "head_shared_convs"): 3, ("train_detector", "head_branch_convs"): 1,
         ("train_detector", "head_conv_dim"): 256, ("train_detector", "head_fc_dim"): 1024,
         ("train_detector", "mask_head_convs"): 0 if few else 4, ("train_detector", "mask_head_dim"): 256,
@@ -99,7 +100,7 @@ def test_real_params_match_the_method_spec_or_say_why_not(name: str) -> None:
 def test_the_known_deviations_are_the_ones_declared() -> None:
     """Each setting deviates exactly where the spec cannot be or is deliberately not followed."""
     common = {("finetune_clip", "min_box_side"), ("extract_features", "iou_filter_gt"),
-              ("train_detector", "rpn_batch_size"), ("train_detector", "roi_canonical_scale"),
+              ("train_detector", "rpn_batch_size"),
               ("train_detector", "weight_decay"), ("train_detector", "amp")}
     extra = {"lvis_866_337": {("finetune_clip", "towers"), ("train_detector", "min_sizes")}}
     for name in SETTINGS:
