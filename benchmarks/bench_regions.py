@@ -61,7 +61,7 @@ def score_per_crop_pil(image: Image.Image, boxes: torch.Tensor, model: clip.Clip
 
 def select(boxes: torch.Tensor, logits: torch.Tensor, cfg: config.ProposeRegionsConfig) -> torch.Tensor:
     scores, _, _ = pr.entropy_scores(logits)
-    return boxes[pr.select_regions(boxes, scores, nms_iou=cfg.nms_iou, max_regions=cfg.max_regions)]
+    return boxes[pr.select_regions(boxes, scores, nms_thresh=cfg.region_nms_thresh, max_regions=cfg.max_regions)]
 
 
 def matmul_flops_per_second(n: int = 1024, reps: int = 10) -> float:
@@ -98,7 +98,8 @@ def main() -> None:
     params = config.read_params(Path("params") / f"{finetune.split}.yaml")
     cfg = config.stage_config(params, "propose_regions", source="params",
                               overrides=[f"common.data_root={finetune.data_root}"])
-    key = (cfg.resize_min_side, cfg.resize_max_side, cfg.anchor_stride, cfg.anchor_sides, cfg.anchor_ratios)
+    key = (cfg.resize_min_side, cfg.resize_max_side, cfg.region_anchor_stride, cfg.region_anchor_sizes,
+           cfg.region_anchor_ratios)
     pil = [Image.open(r.file_name).convert("RGB") for r in records]
     tensors = [data.read_image(r.file_name) for r in records]
     boxes = [pr.candidate_boxes(t.shape[1], t.shape[2], key) for t in tensors]
@@ -110,7 +111,7 @@ def main() -> None:
 
     def run_b() -> list[torch.Tensor]:
         return [pr.propose_for_image(t, model, emb, text["proposal_category_ids"], b, crop_scale=cfg.crop_scale,
-                                     nms_iou=cfg.nms_iou, max_regions=cfg.max_regions,
+                                     nms_thresh=cfg.region_nms_thresh, max_regions=cfg.max_regions,
                                      crops_per_batch=args.crops_per_batch).region_boxes for t, b in zip(tensors, boxes)]
 
     run_a(), run_b()  # warm-up (oneDNN kernels, allocator)
@@ -133,7 +134,7 @@ def main() -> None:
                 square.paste(crop, ((square.width - crop.width) // 2, (square.height - crop.height) // 2))
                 tf(square)
 
-    ready = [crops.normalize(crops.cut_crops(t, b, scale=cfg.crop_scale, size=model.image_size))
+    ready = [model.normalize(crops.cut_crops(t, b, scale=cfg.crop_scale, size=model.image_size))
              for t, b in zip(tensors, boxes)]
 
     def model_only() -> None:

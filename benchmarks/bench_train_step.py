@@ -34,10 +34,10 @@ from ezsd_core.stages import train_detector as td
 def plain_maskrcnn(spec: detector.DetectorSpec, num_classes: int) -> MaskRCNN:
     """torchvision's Mask R-CNN with EZSD's backbone, anchors, RPN/RoI sampling and head widths."""
     backbone = detector.BACKBONES[spec.backbone](spec)
-    sizes = tuple((s,) for s in spec.anchor_sizes)
+    sizes = tuple((s,) for s in spec.rpn_anchor_sizes)
     return MaskRCNN(
         backbone, num_classes=None, min_size=spec.min_size, max_size=spec.max_size,
-        rpn_anchor_generator=AnchorGenerator(sizes, (spec.anchor_ratios,) * len(sizes)),
+        rpn_anchor_generator=AnchorGenerator(sizes, (spec.rpn_anchor_ratios,) * len(sizes)),
         rpn_pre_nms_top_n_train=spec.rpn_pre_nms_train, rpn_post_nms_top_n_train=spec.rpn_post_nms_train,
         rpn_batch_size_per_image=spec.rpn_batch_size, box_batch_size_per_image=spec.roi_batch_size,
         box_head=TwoMLPHead(backbone.out_channels * 49, spec.head_fc_dim),

@@ -34,7 +34,7 @@ def _crops(images: list[torch.Tensor], records: list, size: int) -> torch.Tensor
 @torch.no_grad()
 def _top1(model: clip.Clip, x: torch.Tensor, text: torch.Tensor, labels: torch.Tensor, novel: torch.Tensor,
           areas: torch.Tensor) -> dict[str, float]:
-    emb = torch.cat([clip.encode_images(model, crops.normalize(x[s:s + 512])) for s in range(0, len(x), 512)])
+    emb = torch.cat([clip.encode_images(model, model.normalize(x[s:s + 512])) for s in range(0, len(x), 512)])
     pred = (nn.functional.normalize(emb, dim=-1) @ text.T).argmax(1)
     return {k: round(v, 4) for k, v in finetune_clip.accuracy_table(pred, labels, novel, areas).items()}
 

@@ -44,7 +44,7 @@ def main() -> None:
         artefacts.require_complete(root, "evaluate")
         results[name] = json.loads((artefacts.stage_dir(root, "evaluate") / "detections.json").read_text())
     with data.clean_annotation_file(ann_file, cfg.data_root / cfg.val_images) as gt:
-        boot = bootstrap.bootstrap_coco_ap(gt, results, split, max_dets=cfg.max_detections,
+        boot = bootstrap.bootstrap_coco_ap(gt, results, split, max_dets=cfg.box_detections_per_img,
                                            num_resamples=args.num_resamples, seed=args.seed)
     diffs = bootstrap.paired_differences(boot, str(args.reference), KEYS)
     out = {"benchmark": "compare_runs", "date": artefacts.utc_now(), "val_annotations": str(ann_file),

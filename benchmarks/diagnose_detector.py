@@ -23,8 +23,7 @@ import torch
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 
-from ezsd_core import artefacts, config, data, runtime
-from ezsd_core.stages import evaluate
+from ezsd_core import artefacts, config, data, runtime, trained
 
 
 @torch.no_grad()
@@ -87,9 +86,10 @@ def main() -> None:
     overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "evaluate", source=str(args.params),
                               overrides=overrides)
-    model, ids = evaluate.load_detector(cfg.run_root, "all", score_thresh=cfg.score_thresh,
-                                        nms_thresh=cfg.nms_thresh, max_detections=cfg.max_detections,
-                                        device=torch.device("cpu"))
+    model, _ = trained.load_trained_detector(cfg.run_root, "cpu", box_score_thresh=cfg.box_score_thresh,
+                                             box_nms_thresh=cfg.box_nms_thresh,
+                                             box_detections_per_img=cfg.box_detections_per_img)
+    ids = trained.set_run_vocabulary(model, cfg.run_root, "all")
     split, records = data.read_config_records(cfg, "val")
     base, novel = set(split.ids("base")), set(split.ids("novel"))
     dets = json.loads((artefacts.stage_dir(cfg.run_root, "evaluate") / "detections.json").read_text())

@@ -94,7 +94,7 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
 
     Args:
         table: variant name -> row with ``run_root`` (every name of ``VARIANTS``).
-        cfg: the evaluate stage config (val annotations, ``max_detections``, split id).
+        cfg: the evaluate stage config (val annotations, ``box_detections_per_img``, split id).
         num_resamples: bootstrap resamples of the val images.
         seed: seed of the resampling.
 
@@ -112,14 +112,15 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
     results = {name: json.loads((artefacts.stage_dir(row["run_root"], "evaluate") / "detections.json").read_text())
                for name, row in table.items()}
     with data.clean_annotation_file(ann_file, Path(cfg.data_root) / cfg.val_images) as gt:  # stage 05's GT
-        boot = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.max_detections,
+        boot = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",), max_dets=cfg.box_detections_per_img,
                                             num_resamples=num_resamples, seed=seed)
     ci = {name: {k: [_finite(v) for v in b.interval(k, LEVEL)] for k in INTERVAL_KEYS} for name, b in boot.items()}
     diffs = bootstrap.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)
     differences = {f"{REFERENCE} - {name}": {k: {s: _finite(v) for s, v in d.items()} for k, d in per_key.items()}
                    for name, per_key in diffs.items()}
     settings = {"num_resamples": num_resamples, "seed": seed, "num_images": boot[REFERENCE].num_images,
-                "level": LEVEL, "iou_type": "bbox", "max_detections": cfg.max_detections, "reference": REFERENCE,
+                "level": LEVEL, "iou_type": "bbox", "max_detections": cfg.box_detections_per_img,
+                "reference": REFERENCE,
                 "val_annotations": str(ann_file)}
     return {"ci": ci, "differences": differences, "bootstrap": settings}
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ezsd_core import crops
+
 log = logging.getLogger(__name__)
 TOWERS = ("image", "text")
 
@@ -35,6 +37,8 @@ class Clip:
         tokenizer: open_clip tokenizer: list of strings -> (B, context) int64.
         image_size: input side S of the image tower.
         model_name, pretrained: how it was built (recorded in manifests).
+        image_mean, image_std: per-channel statistics the image tower expects its [0, 1] RGB input
+            normalised with (the weights' preprocess config: OpenAI's for OpenAI CLIP, 0.5 for SigLIP).
     """
 
     model: nn.Module
@@ -42,6 +46,12 @@ class Clip:
     image_size: int
     model_name: str
     pretrained: str | None
+    image_mean: tuple[float, ...] = crops.CLIP_MEAN  # open_clip's default when the weights name none
+    image_std: tuple[float, ...] = crops.CLIP_STD
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(B, 3, S, S) RGB in [0, 1] -> normalised with this model's own ``image_mean`` / ``image_std``."""
+        return crops.normalize(images, self.image_mean, self.image_std)
 
     @property
     def logit_scale(self) -> float:
@@ -76,15 +86,21 @@ def build_clip(model_name: str, pretrained: str | None, *, allow_random_init: bo
     Args:
         model_name: an open_clip model name, verbatim (``ViT-B-32-quickgelu``) or a packaged
             ``ezsd-*`` config.
-        pretrained: an open_clip pretrained tag (``openai``), a checkpoint file, or None for random init.
+        pretrained: where the weights come from: an open_clip pretrained tag (``openai``, fetched
+            into or read from the hub cache); a checkpoint file: an open_clip state dict
+            (``.safetensors`` / ``.pt`` / ``.bin``, read with ``weights_only``) or OpenAI's TorchScript
+            archive (``ViT-B-32.pt``, its tensors read without running its code); ``local-dir:DIR``,
+            a folder with ``open_clip_config.json`` (whose ``model_cfg`` must be ``model_name``'s) and
+            the weights; or None for random init.
         allow_random_init: must be True when ``pretrained`` is None.
         device: where to put the model.
 
     Returns:
-        The built Clip.
+        The built Clip (``image_mean`` / ``image_std``: the weights' own preprocessing statistics).
 
     Raises:
-        ValueError: unknown model name, random init not allowed, or a missing checkpoint file.
+        ValueError: unknown model name, random init not allowed, weights that are missing (one line
+            saying how to provide them offline) or that do not fit the model.
     """
     import open_clip
 
@@ -94,17 +110,95 @@ def build_clip(model_name: str, pretrained: str | None, *, allow_random_init: bo
                          f"or a packaged one: {', '.join(register_packaged_models())}")
     if pretrained is None and not allow_random_init:
         raise ValueError("clip_pretrained: null builds a random-init CLIP; set allow_random_init: true to allow it")
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    if pretrained is not None and pretrained not in tags and not Path(pretrained).is_file():
-        raise ValueError(f"clip_pretrained: {pretrained!r} is neither a pretrained tag of {model_name} "
-                         f"({', '.join(tags) or 'none'}) nor an existing checkpoint file")
     with _quiet_open_clip():
-        model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        model = _create(model_name, pretrained)
         tokenizer = open_clip.get_tokenizer(model_name)
-    model.eval().requires_grad_(False)
+    model.to(device).eval().requires_grad_(False)
     size = model.visual.image_size
+    pp = open_clip.get_model_preprocess_cfg(model)
     return Clip(model=model, tokenizer=tokenizer, model_name=model_name,
-                image_size=int(size[0] if isinstance(size, tuple | list) else size), pretrained=pretrained)
+                image_size=int(size[0] if isinstance(size, tuple | list) else size), pretrained=pretrained,
+                image_mean=tuple(map(float, pp["mean"])), image_std=tuple(map(float, pp["std"])))
+
+
+OFFLINE_HINT = ("to run offline, copy the weights to this machine and name the file: clip_pretrained: "
+                "/path/ViT-B-32.pt (OpenAI's file), /path/open_clip_model.safetensors, or local-dir:/path/DIR")
+
+
+def _create(model_name: str, pretrained: str | None) -> nn.Module:
+    """open_clip model with the weights ``pretrained`` names (see ``build_clip``); errors in one line."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if pretrained is None:
+        return open_clip.create_model(model_name, pretrained=None)
+    if pretrained in tags:
+        try:
+            return open_clip.create_model(model_name, pretrained=pretrained)
+        except RuntimeError as e:
+            if "download" not in str(e).lower():
+                raise
+            raise ValueError(f"clip_pretrained: the {pretrained!r} weights of {model_name} are not in the local "
+                             f"cache and cannot be downloaded here; {OFFLINE_HINT}") from None
+    if pretrained.startswith(LOCAL_DIR):
+        return _create_local_dir(model_name, Path(pretrained[len(LOCAL_DIR):]))
+    path = Path(pretrained)
+    if not path.is_file():
+        raise ValueError(f"clip_pretrained: {pretrained!r} is neither a pretrained tag of {model_name} "
+                         f"({', '.join(tags) or 'none'}) nor an existing checkpoint file; {OFFLINE_HINT}")
+    from ezsd_core import scriptarchive
+
+    if not scriptarchive.is_script_archive(path):
+        return open_clip.create_model(model_name, pretrained=str(path))  # open_clip state dict, weights_only
+    model = open_clip.create_model(model_name, pretrained=None)
+    load_weights(model, scriptarchive.read_state_dict(path), source=str(path))
+    return model
+
+
+LOCAL_DIR = "local-dir:"
+# tensors in OpenAI's TorchScript archives that are attributes of its code, not weights
+SCRIPT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+
+
+def load_weights(model: nn.Module, state: dict[str, Tensor], *, source: str) -> None:
+    """Copy a full CLIP state dict (OpenAI's key layout, any float dtype) into an open_clip model.
+
+    Every weight of the model must be present; tensors the model lacks are allowed only when they
+    are OpenAI's non-weight attributes (``SCRIPT_EXTRAS``, ``*.attn_mask``).
+
+    Raises:
+        ValueError: a missing, unexpected or misshapen tensor, named with ``source``.
+    """
+    from open_clip.model import convert_to_custom_text_state_dict
+
+    state = {k: v for k, v in state.items() if k not in SCRIPT_EXTRAS and not k.endswith("attn_mask")}
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    want = model.state_dict()
+    if "logit_scale" in state and state["logit_scale"].shape != want["logit_scale"].shape:
+        state["logit_scale"] = state["logit_scale"].reshape(want["logit_scale"].shape)
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    wrong = sorted(k for k in set(want) & set(state) if want[k].shape != state[k].shape)
+    for what, names in (("lacks", missing), ("has tensors this model does not", unexpected),
+                        ("has tensors of another shape", wrong)):
+        if names:
+            raise ValueError(f"clip_pretrained: {source} {what} ({len(names)}, e.g. {names[0]}): it holds another "
+                             f"model than clip_model")
+    model.load_state_dict(state, strict=True)
+
+
+def _create_local_dir(model_name: str, folder: Path) -> nn.Module:
+    import open_clip
+
+    config = folder / "open_clip_config.json"
+    if not config.is_file():
+        raise ValueError(f"clip_pretrained: local-dir:{folder} needs {config.name} and the weights in that folder "
+                         f"(open_clip's save_for_hf layout); {OFFLINE_HINT}")
+    stored = json.loads(config.read_text()).get("model_cfg")
+    if stored != open_clip.get_model_config(model_name):
+        raise ValueError(f"clip_pretrained: local-dir:{folder} holds another model config than clip_model "
+                         f"{model_name!r}; name the model its open_clip_config.json describes")
+    return open_clip.create_model(f"{LOCAL_DIR}{folder}")
 
 
 class _quiet_open_clip:
@@ -173,7 +267,7 @@ def encode_images(clip: Clip, images: Tensor) -> Tensor:
     """Raw (unnormalised) image embeddings.
 
     Args:
-        images: (B, 3, S, S) CLIP-normalised crops (``crops.normalize``), S = ``clip.image_size``.
+        images: (B, 3, S, S) crops normalised with the model's statistics (``clip.normalize``), S = ``clip.image_size``.
 
     Returns:
         (B, D) float32.

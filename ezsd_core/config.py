@@ -75,7 +75,7 @@ class PretrainClipConfig(CommonConfig):
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
 
     clip_model: str  # open_clip model name; the ezsd-* configs ship in ezsd_core/resources
-    num_steps: int = knob(lo=0)
+    max_steps: int = knob(lo=0)  # optimizer steps
     batch_size: int = knob(lo=2)
     lr: float = knob(lo=0.0)
     text_lr: float = knob(lo=0.0)  # the text tower needs a larger step to leave the symmetric start
@@ -103,7 +103,8 @@ class FinetuneClipConfig(CommonConfig):
     prompt_templates: tuple[str, ...]  # e.g. ["a photo of a {}"] (the reference uses just this one)
     loss: str = knob(choices=("bce", "softmax"))  # bce = the reference's sigmoid BCE on logit_scale*cos
     loss_logit_scale: float | None = knob(lo=0.01)  # multiplier of cos in the loss; null = CLIP's own (100)
-    epochs: int = knob(lo=0)
+    epochs: int | None = knob(lo=0)  # passes over the training crops; or max_steps (exactly one of the two)
+    max_steps: int | None = knob(lo=0)  # optimizer steps (batches), when epochs is null
     batch_size: int = knob(lo=1)  # images per step; every base GT crop of an image is a sample
     lr: float = knob(lo=0.0)
     weight_decay: float = knob(lo=0.0)
@@ -129,11 +130,11 @@ class ProposeRegionsConfig(CommonConfig):
     clip_layernorms: str = knob(choices=("tuned", "original"))  # original: score with the CLIP before stage 01
     resize_min_side: int = knob(lo=1)  # anchors live on the image resized to this short side ...
     resize_max_side: int = knob(lo=1)  # ... with the long side capped here (800 / 1333 in the reference)
-    anchor_stride: int = knob(lo=1)  # px of the resized image between anchor centres
-    anchor_sides: tuple[int, ...]  # px of the resized image (stride x scales: 32..512 in the reference)
-    anchor_ratios: tuple[float, ...]  # h / w
+    region_anchor_stride: int = knob(lo=1)  # px of the resized image between anchor centres
+    region_anchor_sizes: tuple[int, ...]  # side px in the resized image (stride x scales: 32..512 in the reference)
+    region_anchor_ratios: tuple[float, ...]  # h / w
     crop_scale: float = knob(lo=1.0)  # r = 1.0 when scoring
-    nms_iou: float = knob(lo=0.0, hi=1.0)
+    region_nms_thresh: float = knob(lo=0.0, hi=1.0)  # IoU of the class-agnostic NMS over the anchors
     max_regions: int = knob(lo=1)  # top-K kept per image after NMS
     num_recall_images: int = knob(lo=0)  # val images also proposed, for recall metrics only
     crops_per_batch: int = knob(lo=1, default=1024)
@@ -175,8 +176,8 @@ class TrainDetectorConfig(CommonConfig):
     fpn_channels: int = knob(lo=8)
     min_sizes: tuple[int, ...] = knob(lo=16)  # training short sides (one drawn per batch); the last one at test
     max_size: int = knob(lo=16)
-    anchor_sizes: tuple[int, ...] = knob(lo=1)  # one per FPN level P2..P6
-    anchor_ratios: tuple[float, ...] = knob(lo=0.01)
+    rpn_anchor_sizes: tuple[int, ...] = knob(lo=1)  # side px, one per FPN level P2..P6
+    rpn_anchor_ratios: tuple[float, ...] = knob(lo=0.01)  # h / w
     rpn_pre_nms_train: int = knob(lo=1)
     rpn_post_nms_train: int = knob(lo=1)
     rpn_pre_nms_test: int = knob(lo=1)
@@ -185,6 +186,8 @@ class TrainDetectorConfig(CommonConfig):
     roi_batch_size: int = knob(lo=1)
     roi_positive_fraction: float = knob(lo=0.0, hi=1.0)
     roi_canonical_scale: int = knob(lo=1)  # box side pooled from FPN level 4 (torchvision/FPN paper: 224)
+    roi_sampling_ratio: int = knob(lo=0)  # RoIAlign samples per bin side; 0 = adaptive (the reference)
+    roi_aligned: bool  # RoIAlign with the half-pixel shift (the reference: true)
     head_shared_convs: int = knob(lo=0)
     head_branch_convs: int = knob(lo=0)
     head_conv_dim: int = knob(lo=1)
@@ -202,8 +205,9 @@ class TrainDetectorConfig(CommonConfig):
     weight_decay: float = knob(lo=0.0)
     warmup_steps: int = knob(lo=0)
     lr_schedule: str = knob(choices=("step", "cosine"))
-    lr_steps: tuple[int, ...]  # step schedule: x0.1 at each
-    max_steps: int = knob(lo=1)
+    lr_steps: tuple[int, ...] = knob(lo=0)  # x0.1 at each: epochs when epochs is set, else steps
+    epochs: int | None = knob(lo=1)  # of the training images after filtering and repeat-factor sampling; or ...
+    max_steps: int | None = knob(lo=1)  # ... optimizer steps (exactly one of the two)
     batch_size: int = knob(lo=1)  # images per step, over all processes
     grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
     hflip_prob: float = knob(lo=0.0, hi=1.0)
@@ -225,12 +229,22 @@ class EvaluateConfig(CommonConfig):
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "train_detector")
 
     vocabulary: str = knob(choices=("all", "proposal"))  # all = base + novel; proposal = spec §5.5 for lvis_405
-    score_thresh: float = knob(lo=0.0, hi=1.0)
-    nms_thresh: float = knob(lo=0.0, hi=1.0)
-    max_detections: int = knob(lo=1)  # per image (300 in the reference; AP at 100 is reported as well)
+    box_score_thresh: float = knob(lo=0.0, hi=1.0)  # detections kept above this class probability
+    box_nms_thresh: float = knob(lo=0.0, hi=1.0)  # IoU of the per-class NMS of detections
+    box_detections_per_img: int = knob(lo=1)  # (300 in the reference; AP at 100 is reported as well)
+    image_set: str = knob(choices=("all", "with_gt"))  # val images scored; with_gt: >= 1 box of the split (spec §6)
     batch_size: int = knob(lo=1, default=8)
 
 
+# knobs renamed so that near-twins of different stages no longer share a word (an old name is one line)
+RENAMED: dict[str, dict[str, str]] = {
+    "pretrain_clip": {"num_steps": "max_steps"},
+    "propose_regions": {"anchor_stride": "region_anchor_stride", "anchor_sides": "region_anchor_sizes",
+                        "anchor_ratios": "region_anchor_ratios", "nms_iou": "region_nms_thresh"},
+    "train_detector": {"anchor_sizes": "rpn_anchor_sizes", "anchor_ratios": "rpn_anchor_ratios"},
+    "evaluate": {"score_thresh": "box_score_thresh", "nms_thresh": "box_nms_thresh",
+                 "max_detections": "box_detections_per_img"},
+}
 PRETRAIN_CLIP = "pretrain_clip"  # the value of clip_pretrained that means "the stage-00 teacher"
 STAGE_CONFIGS: dict[str, type[CommonConfig]] = {
     "pretrain_clip": PretrainClipConfig,
@@ -295,6 +309,10 @@ def _validate(cfg: CommonConfig) -> None:
         if any(lo is not None and v < lo or hi is not None and v > hi for v in items):
             rng = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             raise ConfigError(f"{f.name}: got {value!r}; allowed range {rng}")
+    if hasattr(cfg, "epochs") and hasattr(cfg, "max_steps") and (cfg.epochs is None) == (cfg.max_steps is None):
+        given = "both are set" if cfg.epochs is not None else "both are null"
+        raise ConfigError(f"epochs: give exactly one of epochs and max_steps ({given}: epochs={cfg.epochs!r}, "
+                          f"max_steps={cfg.max_steps!r}); set the other to null")
     if hasattr(cfg, "num_shards") and not 0 <= cfg.shard_index < cfg.num_shards:
         raise ConfigError(f"shard_index: got {cfg.shard_index}; allowed 0..{cfg.num_shards - 1} "
                           f"(num_shards = {cfg.num_shards})")
@@ -329,6 +347,11 @@ def load_config(cls: type[CommonConfig], values: Mapping[str, Any], *, source: s
     where = (lambda k: f"{origins.get(k, '?')}.{k}") if origins else (lambda k: k)
     if strict:
         unknown = sorted(set(values) - set(names))
+        stage = next((s for s, c in STAGE_CONFIGS.items() if c is cls), None)
+        renamed = [k for k in unknown if k in RENAMED.get(stage, {})]
+        if renamed:
+            raise ConfigError(f"{source}: {where(renamed[0])} is now called {RENAMED[stage][renamed[0]]} "
+                              f"(each knob's name says whose it is); rename it")
         if unknown:
             raise ConfigError(f"{source}: unknown key {where(unknown[0])}; allowed keys: {', '.join(names)}")
     missing = [n for n in names if n not in values]
@@ -444,6 +467,8 @@ def stage_config(doc: Mapping[str, Mapping[str, Any]], stage: str, *, source: st
         allowed = field_names(CommonConfig if section == "common" else STAGE_CONFIGS[section])
         if section != "common":
             allowed = [k for k in allowed if k not in field_names(CommonConfig)]
+        if key in RENAMED.get(section, {}):
+            raise ConfigError(f"--set {text}: {section}.{key} is now called {RENAMED[section][key]}")
         if key not in allowed:
             raise ConfigError(f"--set {text}: unknown key {section}.{key}; allowed keys: {', '.join(allowed)}")
         if section in ("common", stage):  # others are for other stages of the same command

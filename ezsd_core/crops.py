@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP's statistics (open_clip's default)
 
 
 def crop_windows(boxes: Tensor, scale: float, height: int, width: int, min_side: float = 0.0) -> Tensor:
@@ -114,11 +114,16 @@ def cut_crops_pil(image: Image.Image, boxes: Tensor, *, scale: float, size: int,
     return torch.stack(out).float() / 255.0
 
 
-def normalize(crops: Tensor) -> Tensor:
-    """(N, 3, S, S) in [0, 1] -> CLIP-normalised (OpenAI mean/std), same shape."""
-    mean = torch.tensor(CLIP_MEAN, device=crops.device).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=crops.device).view(1, 3, 1, 1)
-    return (crops - mean) / std
+def normalize(crops: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """(N, 3, S, S) RGB in [0, 1] -> (crops - mean) / std per channel, same shape.
+
+    ``mean`` / ``std`` are the CLIP's own preprocessing statistics (``Clip.image_mean`` / ``image_std``,
+    from the weights' preprocess config; OpenAI's ``CLIP_MEAN`` / ``CLIP_STD`` for OpenAI CLIP): a
+    model trained with other statistics would otherwise see shifted colours.
+    """
+    m = torch.tensor(mean, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=crops.dtype, device=crops.device).view(1, 3, 1, 1)
+    return (crops - m) / s
 
 
 def resize_images(images: Tensor, size: int) -> Tensor:

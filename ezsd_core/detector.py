@@ -48,8 +48,8 @@ class DetectorSpec:
     fpn_channels: int
     min_size: tuple[int, ...]  # GeneralizedRCNNTransform: one drawn per training batch, the last at test
     max_size: int
-    anchor_sizes: tuple[int, ...]  # one per FPN level (P2..P6)
-    anchor_ratios: tuple[float, ...]
+    rpn_anchor_sizes: tuple[int, ...]  # side px, one per FPN level (P2..P6)
+    rpn_anchor_ratios: tuple[float, ...]
     rpn_pre_nms_train: int
     rpn_post_nms_train: int
     rpn_pre_nms_test: int
@@ -68,10 +68,12 @@ class DetectorSpec:
     classifier_loss: str  # softmax | seesaw
     box_loss_weight: float
     distill_weight: float  # lambda
-    score_thresh: float
-    nms_thresh: float
-    detections_per_img: int
+    box_score_thresh: float
+    box_nms_thresh: float
+    box_detections_per_img: int
     roi_canonical_scale: int = 224  # RoIs of this side pool from FPN level 4 (k = 4 + log2(side / scale))
+    roi_sampling_ratio: int = 2  # RoIAlign samples per bin side; 0 = adaptive (ceil(RoI side / output side))
+    roi_aligned: bool = False  # RoIAlign's half-pixel shift (Detectron2 / MMDet's aligned=True)
 
 
 @dataclass
@@ -231,15 +233,15 @@ class EzsdRoIHeads(RoIHeads):
     def __init__(self, spec: DetectorSpec, out_channels: int, text_embeds: Tensor):
         mask = spec.mask_head_convs > 0
         super().__init__(
-            box_roi_pool=MultiScaleRoIAlign(LEVELS, 7, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale),
+            box_roi_pool=roi_pool(spec, 7),
             box_head=EmbeddingBoxHead(out_channels, spec),
             box_predictor=EmbeddingBoxPredictor(spec.head_fc_dim, text_embeds, spec.temperature_init,
                                                 spec.classifier_loss == "seesaw"),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=spec.roi_batch_size,
             positive_fraction=spec.roi_positive_fraction, bbox_reg_weights=(10.0, 10.0, 5.0, 5.0),
-            score_thresh=spec.score_thresh, nms_thresh=spec.nms_thresh, detections_per_img=spec.detections_per_img,
-            mask_roi_pool=MultiScaleRoIAlign(LEVELS, 14, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale)
-            if mask else None,
+            score_thresh=spec.box_score_thresh, nms_thresh=spec.box_nms_thresh,
+            detections_per_img=spec.box_detections_per_img,
+            mask_roi_pool=roi_pool(spec, 14) if mask else None,
             mask_head=MaskRCNNHeads(out_channels, [spec.mask_head_dim] * spec.mask_head_convs, 1) if mask else None,
             mask_predictor=MaskRCNNPredictor(spec.mask_head_dim, spec.mask_head_dim, 1) if mask else None)
         self.seesaw = losses.SeesawLoss(len(text_embeds)) if spec.classifier_loss == "seesaw" else None
@@ -350,10 +352,11 @@ class EzsdDetector(nn.Module):
         self.transform = GeneralizedRCNNTransform(spec.min_size, spec.max_size, [0.485, 0.456, 0.406],
                                                   [0.229, 0.224, 0.225])
         self.backbone = BACKBONES[spec.backbone](spec)
-        sizes = tuple((s,) for s in spec.anchor_sizes)
-        anchors = AnchorGenerator(sizes, (spec.anchor_ratios,) * len(sizes))
+        sizes = tuple((s,) for s in spec.rpn_anchor_sizes)
+        anchors = AnchorGenerator(sizes, (spec.rpn_anchor_ratios,) * len(sizes))
         self.rpn = RegionProposalNetwork(
-            anchors, RPNHead(self.backbone.out_channels, len(spec.anchor_ratios)), 0.7, 0.3, spec.rpn_batch_size, 0.5,
+            anchors, RPNHead(self.backbone.out_channels, len(spec.rpn_anchor_ratios)), 0.7, 0.3, spec.rpn_batch_size,
+            0.5,
             {"training": spec.rpn_pre_nms_train, "testing": spec.rpn_pre_nms_test},
             {"training": spec.rpn_post_nms_train, "testing": spec.rpn_post_nms_test}, 0.7)
         self.roi_heads = EzsdRoIHeads(spec, self.backbone.out_channels, text_embeds)
@@ -393,6 +396,35 @@ class EzsdDetector(nn.Module):
     def set_vocabulary(self, text_embeds: Tensor) -> None:
         """Classify against these (K, D) text embeddings from now on (test-time vocabulary swap)."""
         self.roi_heads.box_predictor.set_vocabulary(text_embeds)
+
+
+class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
+    """torchvision's MultiScaleRoIAlign (same FPN level per RoI) with ``roi_align(aligned=True)``, which
+    torchvision's pooler does not expose: pixel centres at +0.5, as MMDetection's RoIAlign (spec §5.2)."""
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        """x: FPN maps '0'..'3' (B, C, H_l, W_l); boxes: per image (N_i, 4) XYXY in input pixels.
+        Returns (sum N_i, C, S, S) pooled features."""
+        from torchvision.ops import roi_align
+        from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+        feats = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois, levels = _convert_to_roi_format(boxes), self.map_levels(boxes)
+        out = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))
+        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
+            idx = torch.where(levels == level)[0]
+            out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio,
+                                 aligned=True).to(out.dtype)
+        return out
+
+
+def roi_pool(spec: DetectorSpec, size: int) -> MultiScaleRoIAlign:
+    """The RoIAlign over FPN levels P2-P5 of a spec: (size x size) bins, ``roi_sampling_ratio``, ``roi_aligned``."""
+    cls = AlignedMultiScaleRoIAlign if spec.roi_aligned else MultiScaleRoIAlign
+    return cls(LEVELS, size, sampling_ratio=spec.roi_sampling_ratio, canonical_scale=spec.roi_canonical_scale)
 
 
 def build_detector(spec: DetectorSpec, text_embeds: Tensor) -> EzsdDetector:

@@ -79,17 +79,21 @@ def quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit, *,
-                 iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300)) -> dict[str, float]:
+def coco_metrics(gt_json: Path | str, results: list[dict] | Path, split: CategorySplit, *,
+                 iou_types: Sequence[str] = ("bbox", "segm"), max_dets: Sequence[int] = (100, 300),
+                 image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """COCO AP / AP50 per subset (base, novel, all) with pycocotools, ``catIds`` restricted per subset.
 
     Args:
         gt_json: the val annotation file (COCO format).
-        results: detections in COCO results format (``bbox`` XYWH absolute; ``segmentation`` RLE for segm).
+        results: detections in COCO results format (``bbox`` XYWH absolute; ``segmentation`` RLE for segm),
+            or a non-empty JSON file of them (read by the evaluator, once per iou type: no second copy).
         split: the subsets.
         iou_types: ``bbox`` and/or ``segm``.
         max_dets: detections per image considered; the largest gives the headline keys
-            (``bbox/AP50_novel``), the others a suffix (``bbox/AP50_novel@100``).
+            (``bbox/AP50_novel``), the others a suffix (``bbox/AP50_novel@100``). AP and AP50 are both
+            read at that number (``COCOeval.summarize`` reads AP at 100 whatever ``maxDets`` says).
+        image_ids: the images scored (``COCOeval.params.imgIds``); None = every image of ``gt_json``.
 
     Returns:
         Flat metrics; -1.0 where a subset has no GT (COCOeval's convention).
@@ -102,7 +106,7 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
     present = set(gt.getCatIds())
     out: dict[str, float] = {}
     for iou_type in iou_types:
-        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        usable = _usable(results, iou_type)
         with quiet():
             dt = gt.loadRes(usable) if usable else None
         for subset in ("base", "novel", "all"):
@@ -113,12 +117,14 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
                 if dt is not None and cats:
                     e = COCOeval(gt, dt, iou_type)
                     e.params.catIds, e.params.maxDets = cats, [1, 10, n]
+                    if image_ids is not None:
+                        e.params.imgIds = sorted(int(i) for i in image_ids)
                     with quiet():
                         e.evaluate()
                         e.accumulate()
-                        e.summarize()
-                    # stats[0] is read at maxDets=100 whatever params.maxDets says (-1 at 300)
-                    ap, ap50 = _summary_ap(e.eval["precision"]), float(e.stats[1])
+                    # not e.summarize()'s stats: its AP is read at maxDets=100 whatever params.maxDets says
+                    ap, ap50 = _summary_ap(e.eval["precision"]), _summary_ap(e.eval["precision"], iou=0.5,
+                                                                              iou_thrs=e.params.iouThrs)
                 elif cats:
                     ap, ap50 = 0.0, 0.0
                 out[f"{iou_type}/AP_{subset}{suffix}"] = ap
@@ -126,15 +132,30 @@ def coco_metrics(gt_json: Path | str, results: list[dict], split: CategorySplit,
     return out
 
 
-def _summary_ap(precision: np.ndarray) -> float:
-    """COCOeval's AP@[.50:.95] (area ``all``, the last maxDets) from its (T, R, K, A, M) precision."""
+def _usable(results: list[dict] | Path, iou_type: str) -> list[dict] | str:
+    """The results an iou type can score: all for bbox, those with masks for segm; a file is passed on
+    whole (stage 05 writes one of either kind: every result has a mask, or none has)."""
+    if isinstance(results, str | Path):
+        return str(results)
+    return [r for r in results if iou_type == "bbox" or "segmentation" in r]
+
+
+def _summary_ap(precision: np.ndarray, iou: float | None = None, iou_thrs: np.ndarray | None = None) -> float:
+    """COCOeval's AP (area ``all``, the last maxDets) from its (T, R, K, A, M) precision: averaged over
+    the IoU thresholds T (AP@[.50:.95]), or at the one threshold ``iou`` of ``iou_thrs`` (AP50)."""
     s = precision[:, :, :, 0, -1]
+    if iou is not None:
+        s = s[np.where(np.isclose(iou_thrs, iou))[0]]
     return float(np.mean(s[s > -1])) if (s > -1).any() else -1.0
 
 
-def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequence[str] = ("bbox", "segm"),
-                 max_dets: int = 300) -> dict[str, float]:
+def lvis_metrics(gt_json: Path | str, results: list[dict] | Path, *, iou_types: Sequence[str] = ("bbox", "segm"),
+                 max_dets: int = 300, image_ids: Sequence[int] | None = None) -> dict[str, float]:
     """LVIS AP, AP50, APr, APc, APf with the ``lvis`` package (``np.float`` shimmed for numpy >= 1.24).
+
+    Args:
+        results: as for ``coco_metrics`` (a list, or a non-empty JSON file of them).
+        image_ids: the images scored (``LVISEval.params.img_ids``); None = every image of ``gt_json``.
 
     Returns:
         ``{"bbox/AP", "bbox/APr", ...}`` as plain floats; -1.0 where LVIS reports no value.
@@ -147,13 +168,15 @@ def lvis_metrics(gt_json: Path | str, results: list[dict], *, iou_types: Sequenc
         gt = LVIS(str(gt_json))
     out: dict[str, float] = {}
     for iou_type in iou_types:
-        usable = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        usable = _usable(results, iou_type)
         if not usable:
             out.update({f"{iou_type}/{k}": 0.0 for k in ("AP", "AP50", "APr", "APc", "APf")})
             continue
         with quiet():
             e = LVISEval(gt, LVISResults(gt, usable, max_dets=max_dets), iou_type)
             e.params.max_dets = max_dets
+            if image_ids is not None:
+                e.params.img_ids = sorted(int(i) for i in image_ids)
             e.run()
         res = e.get_results()
         out.update({f"{iou_type}/{k}": float(res[k]) for k in ("AP", "AP50", "APr", "APc", "APf")})

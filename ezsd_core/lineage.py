@@ -26,6 +26,7 @@ from ezsd_core import artefacts, config
 from ezsd_core.artefacts import MANIFEST, StageResult
 from ezsd_core.config import CommonConfig
 
+LOCAL_DIR = "local-dir:"  # open_clip's prefix of a weights folder (clip.build_clip)
 CHECKPOINT_FIELDS = ("clip_pretrained",)  # config fields that may name a local checkpoint file
 _BOOKKEEPING = ("notebooks", ".parts", ".previous", "checkpoints")  # folders beside outputs, never listed
 
@@ -57,11 +58,17 @@ def data_fingerprint(cfg: CommonConfig) -> str:
 
 def input_files(cfg: CommonConfig) -> dict[str, Path]:
     """Checkpoint files the config gives as inputs: ``{"file:clip_pretrained": path}`` when that value
-    names an existing file (an open_clip tag or ``pretrain_clip`` is not a file and is tracked by value)."""
+    names an existing file, ``{"file:clip_pretrained/<name>": path}`` for each file of a ``local-dir:DIR``
+    (an open_clip tag or ``pretrain_clip`` is not a file and is tracked by value)."""
     found = {}
     for name in CHECKPOINT_FIELDS:
         value = getattr(cfg, name, None)
-        if isinstance(value, str | Path) and str(value) != config.PRETRAIN_CLIP and Path(value).is_file():
+        if not isinstance(value, str | Path) or str(value) == config.PRETRAIN_CLIP:
+            continue
+        folder = Path(str(value).removeprefix(LOCAL_DIR)) if str(value).startswith(LOCAL_DIR) else None
+        if folder is not None and folder.is_dir():
+            found.update({f"file:{name}/{p.name}": p for p in sorted(folder.iterdir()) if p.is_file()})
+        elif Path(value).is_file():
             found[f"file:{name}"] = Path(value)
     return found
 

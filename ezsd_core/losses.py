@@ -46,8 +46,11 @@ class SeesawLoss(nn.Module):
     Logits layout: (R, K + 2) = K class logits, then [foreground, background] objectness logits.
     The class part is a softmax CE over foreground RoIs whose negative logits are re-weighted by a
     mitigation factor (cum_j / cum_i)^p for rarer j and a compensation factor (sigma_j / sigma_i)^q
-    for misclassified j; the objectness part is a 2-way CE over all RoIs. Class counts accumulate
-    over training (a buffer, saved with the model).
+    for misclassified j; the objectness part is a 2-way CE over all RoIs. Both parts are divided by the
+    number of sampled RoIs R (foreground and background), as the authors' implementation (MMDetection's
+    ``SeesawLoss`` under ``BBoxHead.loss``, ``avg_factor`` = R) that the reference trains with: the class
+    part is summed over the foreground RoIs, not averaged over them. Class counts accumulate over
+    training (a buffer, saved with the model).
 
     Args:
         num_classes: K.
@@ -81,7 +84,7 @@ class SeesawLoss(nn.Module):
             self_prob = prob.gather(1, target[:, None]).clamp(min=self.eps)
             weights = weights * (prob / self_prob).clamp(min=1.0).pow(self.q)
         x = x + weights.log() * (1 - onehot)
-        return nn.functional.cross_entropy(x, target) + loss_obj
+        return nn.functional.cross_entropy(x, target, reduction="sum") / len(labels) + loss_obj
 
     @staticmethod
     def probabilities(logits: Tensor, num_classes: int) -> Tensor:

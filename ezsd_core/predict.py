@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ezsd_core import artefacts, clip, data, detector, runtime
+from ezsd_core import artefacts, clip, data, detector, runtime, trained
 from ezsd_core.config import FinetuneClipConfig, load_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -104,20 +104,14 @@ class Predictor:
         Raises:
             MissingArtefactError: the run has no complete ``train_detector`` (or ``finetune_clip``).
         """
-        from safetensors.torch import load_file
-
         run_dir = Path(run_dir)
         dev = runtime.resolve_device(device)
-        trained = artefacts.require_complete(run_dir, "train_detector")
+        model, _ = trained.load_trained_detector(run_dir, dev, box_score_thresh=score_thresh,
+                                                 box_detections_per_img=max_detections)
         finetune = artefacts.require_complete(run_dir, "finetune_clip")
-        spec = detector.DetectorSpec(**{**trained["detector"], "min_size": tuple(trained["detector"]["min_size"]),
-                                        "score_thresh": score_thresh, "detections_per_img": max_detections})
-        state = load_file(str(artefacts.stage_dir(run_dir, "train_detector") / "model.safetensors"))
-        model = detector.build_detector(spec, state["roi_heads.box_predictor.text_embeds"])
-        model.load_state_dict(state)
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
         templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates
-        return cls(model.to(dev).eval(), text_model, templates, dev, masks=masks)
+        return cls(model, text_model, templates, dev, masks=masks)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[str | Path], names: Sequence[str]) -> list[Prediction]:

@@ -84,7 +84,7 @@ def embed_boxes(image: Tensor, boxes: Tensor, model: clip.Clip, *, crop_scale: f
                 dim: int) -> Tensor:
     """Raw CLIP image embeddings (M, D = ``dim``) float32 of boxes (M, 4 XYXY absolute) of a (3, H, W) uint8 image."""
     device = next(model.model.parameters()).device
-    out = [clip.encode_images(model, crops.normalize(
+    out = [clip.encode_images(model, model.normalize(
         crops.cut_crops(image, boxes[s:s + crops_per_batch], scale=crop_scale, size=model.image_size).to(device))).cpu()
         for s in range(0, len(boxes), crops_per_batch)]
     return torch.cat(out) if out else torch.zeros(0, dim)

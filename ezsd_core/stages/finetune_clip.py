@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 
 import torch
@@ -120,7 +121,7 @@ def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor
     """Top-1 accuracy of val GT crops over the all-category vocabulary (``text``: (K, D))."""
     preds, labels, areas = [], [], []
     for x, y, a in loader:
-        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
         preds.append((emb @ text.T).argmax(1).cpu())
         labels.append(y)
         areas.append(a)
@@ -130,7 +131,8 @@ def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor
 
 def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipConfig, device: torch.device
           ) -> list[dict]:
-    """Tune the LayerNorms of ``cfg.towers`` for ``cfg.epochs``; returns the logged rows (loss per step)."""
+    """Tune the LayerNorms of ``cfg.towers`` for ``cfg.epochs`` passes over the loader, or for ``cfg.max_steps``
+    batches (the last pass cut short); returns the logged rows (loss per step)."""
     n_train = clip.set_trainable_layernorms(model.model, cfg.towers)
     log.info("training %d LayerNorm parameters of the %s tower(s)", n_train, "+".join(cfg.towers))
     params = [p for p in model.model.parameters() if p.requires_grad]
@@ -140,11 +142,16 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
     text_frozen = "text" not in cfg.towers
     fixed_text = clip.encode_texts(model, names, cfg.prompt_templates).detach() if text_frozen else None
     model.model.train()
-    for epoch in range(cfg.epochs):
-        for x, y, _ in tqdm(loader, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5):
+    epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / max(1, len(loader)))
+    for epoch in range(epochs):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            break
+        for x, y, _ in tqdm(loader, desc=f"finetune_clip epoch {epoch + 1}/{epochs}", unit="batch", mininterval=5):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
             flip = torch.rand(len(x), generator=gen) < cfg.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+            emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
             text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
             loss = classification_loss(emb, text, y.to(device), scale, cfg.loss)
             opt.zero_grad(set_to_none=True)

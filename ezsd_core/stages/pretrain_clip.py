@@ -223,7 +223,7 @@ def _param_groups(model: nn.Module, cfg: PretrainClipConfig) -> list[dict]:
 def _lr_factor(step: int, cfg: PretrainClipConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.num_steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -251,7 +251,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     model = teacher.model.train().requires_grad_(True)
     num_classes = int(classes.max()) + 2  # the categories and "no category" (last row)
     with torch.no_grad():
-        dim = model.encode_image(crops.normalize(images[:1].float() / 255)).shape[1]
+        dim = model.encode_image(teacher.normalize(images[:1].float() / 255)).shape[1]
     gen = torch.Generator().manual_seed(cfg.seed)
     prototypes = nn.Parameter(torch.randn(num_classes, dim, generator=gen))
     with torch.no_grad():  # the recipe starts exp(logit_scale) at 1.0, not CLIP's 1/0.07 (README)
@@ -264,9 +264,9 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     groups = _param_groups(model, cfg) + [{"params": [prototypes], "base_lr": cfg.lr, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     rows = []
-    for step in tqdm(range(cfg.num_steps), desc="pretrain_clip", unit="step", mininterval=5):
+    for step in tqdm(range(cfg.max_steps), desc="pretrain_clip", unit="step", mininterval=5):
         idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
-        x = crops.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
+        x = teacher.normalize(crop_like(images[idx], gen, cfg.augment_prob) / 255.0)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(step, cfg)
         img = nn.functional.normalize(model.encode_image(x), dim=-1)
@@ -281,7 +281,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.num_steps:
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.max_steps:
             row = {"step": step + 1, "loss": round(loss.item(), 4)}
             model.eval()
             row.update(evaluate())
@@ -300,6 +300,9 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
 BACKBONE_KNOBS = ("backbone_steps", "backbone_lr", "batch_size", "weight_decay", "augment_prob")
 
 
+RECIPE_NAMES = {"max_steps": "num_steps"}  # knob -> its name in recipes (and so in recipe hashes)
+
+
 def recipe(cfg: PretrainClipConfig) -> dict[str, dict]:
     """What determines each trained artefact, ``teacher`` and ``backbone``: its knobs, the seed, the
     pictures' spec (the web seed, not the scenes' seed: one teacher serves every world) and, for the
@@ -312,7 +315,9 @@ def recipe(cfg: PretrainClipConfig) -> dict[str, dict]:
               "categories": world["categories"], "iconic_version": world["iconic_version"]}
     base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
     teacher_knobs = sorted(own - {"backbone_steps", "backbone_lr"})
-    return {"teacher": {"knobs": {k: values[k] for k in teacher_knobs}, **common},
+    # recorded under the names the shipped teacher's recipe hash was taken with (max_steps was num_steps)
+    named = lambda k: RECIPE_NAMES.get(k, k)
+    return {"teacher": {"knobs": {named(k): values[k] for k in sorted(teacher_knobs, key=named)}, **common},
             "backbone": {"knobs": {k: values[k] for k in BACKBONE_KNOBS}, **common, "backbone_classes": list(base)}}
 
 
@@ -397,10 +402,10 @@ def run(cfg: PretrainClipConfig) -> StageResult:
         out = {}
         every = clip.encode_texts(teacher, toyworld.CATEGORY_NAMES, [PROMPT])
         for kind, (x, y) in heldout.items():  # every picture's own vocabulary: all the web's names
-            emb = clip.encode_images(teacher, crops.normalize(x.float() / 255))
+            emb = clip.encode_images(teacher, teacher.normalize(x.float() / 255))
             out[f"{kind}/top1"] = round(zero_shot_top1(emb, every, y), 4)
         text = clip.encode_texts(teacher, names, [PROMPT])
-        emb = clip.encode_images(teacher, crops.normalize(crop_x))
+        emb = clip.encode_images(teacher, teacher.normalize(crop_x))
         return {**out, "scene_crop/top1": round(zero_shot_top1(emb, text, labels), 4),
                 "scene_crop/top1_base": round(zero_shot_top1(emb[~novel], text, labels[~novel]), 4),
                 "scene_crop/top1_novel": round(zero_shot_top1(emb[novel], text, labels[novel]), 4)}

@@ -89,15 +89,15 @@ def entropy_scores(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return math.log(logits.shape[-1]) - entropy, arg, prob
 
 
-def select_regions(boxes: Tensor, scores: Tensor, *, nms_iou: float, max_regions: int) -> Tensor:
+def select_regions(boxes: Tensor, scores: Tensor, *, nms_thresh: float, max_regions: int) -> Tensor:
     """Class-agnostic NMS then top-K: (K,) int64 indices into ``boxes``, by descending score."""
-    keep = nms(boxes.float(), scores.float(), nms_iou)  # nms returns indices sorted by score
+    keep = nms(boxes.float(), scores.float(), nms_thresh)  # nms returns indices sorted by score
     return keep[:max_regions]
 
 
 @torch.no_grad()
 def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, category_ids: Tensor, boxes: Tensor, *,
-                      crop_scale: float, nms_iou: float, max_regions: int, crops_per_batch: int,
+                      crop_scale: float, nms_thresh: float, max_regions: int, crops_per_batch: int,
                       image_id: int = -1) -> RegionSet:
     """Score candidate boxes of one image and keep the confident ones.
 
@@ -106,7 +106,7 @@ def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, cate
         model: the tuned CLIP; text_embeds: (C, D) unit rows of the proposal vocabulary.
         category_ids: (C,) dataset ids of that vocabulary.
         boxes: (A, 4) XYXY absolute candidate boxes.
-        crop_scale: r; nms_iou, max_regions: selection; crops_per_batch: CLIP batch size.
+        crop_scale: r; nms_thresh, max_regions: selection; crops_per_batch: CLIP batch size.
 
     Returns:
         RegionSet with M <= max_regions rows sorted by score (no embeddings).
@@ -115,10 +115,10 @@ def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, cate
     logits = []
     for start in range(0, len(boxes), crops_per_batch):
         x = crops.cut_crops(image, boxes[start:start + crops_per_batch], scale=crop_scale, size=model.image_size)
-        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
         logits.append((model.logit_scale * emb @ text_embeds.T).cpu())
     scores, arg, prob = entropy_scores(torch.cat(logits) if logits else torch.zeros(0, len(category_ids)))
-    keep = select_regions(boxes, scores, nms_iou=nms_iou, max_regions=max_regions)
+    keep = select_regions(boxes, scores, nms_thresh=nms_thresh, max_regions=max_regions)
     return RegionSet(image_id=image_id, region_boxes=boxes[keep].float(), region_scores=scores[keep].float(),
                      region_category_ids=category_ids[arg[keep]], region_probs=prob[keep].float())
 
@@ -135,7 +135,8 @@ def work_items(cfg: ProposeRegionsConfig) -> list[tuple[ImageRecord, bool]]:
 
 
 def _anchor_key(cfg: ProposeRegionsConfig) -> tuple:
-    return (cfg.resize_min_side, cfg.resize_max_side, cfg.anchor_stride, cfg.anchor_sides, cfg.anchor_ratios)
+    return (cfg.resize_min_side, cfg.resize_max_side, cfg.region_anchor_stride, cfg.region_anchor_sizes,
+            cfg.region_anchor_ratios)
 
 
 def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text: Tensor, ids: Tensor,
@@ -143,8 +144,9 @@ def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text
     rows = []
     for _, image in data.image_loader([r for r, _ in items], cfg.num_workers):
         boxes = candidate_boxes(image.shape[1], image.shape[2], _anchor_key(cfg))
-        rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale, nms_iou=cfg.nms_iou,
-                               max_regions=cfg.max_regions, crops_per_batch=cfg.crops_per_batch)
+        rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale,
+                               nms_thresh=cfg.region_nms_thresh, max_regions=cfg.max_regions,
+                               crops_per_batch=cfg.crops_per_batch)
         rows.append(shards.region_rows(rs))
         bar.update(1)
         bar.crops += len(boxes)

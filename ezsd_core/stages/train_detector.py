@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,37 +77,82 @@ def repeat_factors(records: list[ImageRecord], thresh: float) -> np.ndarray:
     return np.array([max((rc[c] for c in set(r.gt_category_ids.tolist())), default=1.0) for r in records])
 
 
-def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, num_steps: int, seed: int) -> list[list[tuple]]:
-    """``num_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
+def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, max_steps: int, seed: int) -> list[list[tuple]]:
+    """``max_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
     appears floor(r_i) times plus once more with probability frac(r_i). Deterministic in the seed."""
     plan, flat, epoch = [], [], 0
-    while len(plan) < num_steps:
+    while len(plan) < max_steps:
         rng = np.random.default_rng([seed, epoch])
         reps = np.floor(factors).astype(int) + (rng.random(num_images) < factors - np.floor(factors))
         order = rng.permutation(np.repeat(np.arange(num_images), reps))
         flat += [(epoch, int(i)) for i in order]
-        while len(flat) >= batch_size and len(plan) < num_steps:
+        while len(flat) >= batch_size and len(plan) < max_steps:
             plan.append(flat[:batch_size])
             flat = flat[batch_size:]
         epoch += 1
     return plan
 
 
-def lr_factor(step: int, cfg: TrainDetectorConfig) -> float:
-    """Linear warm-up from 0.001, then x0.1 at each of ``lr_steps`` or cosine to 0 at ``max_steps``."""
-    if step < cfg.warmup_steps:
-        return 0.001 + (1 - 0.001) * step / cfg.warmup_steps
-    if cfg.lr_schedule == "step":
-        return 0.1 ** sum(step >= s for s in cfg.lr_steps)
-    return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
+@dataclass(frozen=True)
+class Schedule:
+    """A training schedule in optimizer steps (what ``train`` runs), resolved from the config.
+
+    Attributes:
+        max_steps: steps in all; lr_steps: steps at which the LR drops x0.1 (step schedule);
+        warmup_steps: linear warm-up; images_per_epoch: training images an epoch draws (after
+        filtering and repeat-factor sampling; 0 for a ``max_steps`` schedule, which has no epochs).
+    """
+
+    max_steps: int
+    lr_steps: tuple[int, ...]
+    warmup_steps: int
+    images_per_epoch: int
+
+
+def schedule(cfg: TrainDetectorConfig, factors: np.ndarray) -> Schedule:
+    """The schedule of a config over the training images it really has.
+
+    An ``epochs`` schedule is converted with the images an epoch draws, E = round(sum of the repeat
+    factors) (one per image without repeat-factor sampling): ``max_steps`` = ceil(epochs * E / B) and
+    each LR drop at epoch e is at step round(e * E / B), B = ``batch_size`` (the reference's 12 epochs,
+    drops at 8 and 11, for COCO 48/17). A ``max_steps`` schedule is taken as it is (``lr_steps`` in steps).
+
+    Args:
+        cfg: the stage config (``epochs`` xor ``max_steps``; ``lr_steps``; ``warmup_steps``; ``batch_size``).
+        factors: (I,) float64 repeat factor of each training image after the input rules (``repeat_factors``).
+
+    Raises:
+        ValueError: no training image, or an LR drop after the last epoch.
+    """
+    if cfg.epochs is None:
+        return Schedule(cfg.max_steps, tuple(cfg.lr_steps), cfg.warmup_steps, 0)
+    images = int(round(float(np.sum(factors))))
+    if images == 0:
+        raise ValueError("epochs: the training split has no image with a base box, so an epoch has no step")
+    late = [e for e in cfg.lr_steps if e > cfg.epochs]
+    if late:
+        raise ValueError(f"lr_steps: {late[0]} is after the last of epochs={cfg.epochs} (with epochs, lr_steps are "
+                         f"epochs)")
+    return Schedule(max_steps=math.ceil(cfg.epochs * images / cfg.batch_size),
+                    lr_steps=tuple(round(e * images / cfg.batch_size) for e in cfg.lr_steps),
+                    warmup_steps=cfg.warmup_steps, images_per_epoch=images)
+
+
+def lr_factor(step: int, sched: Schedule, lr_schedule: str) -> float:
+    """Linear warm-up from 0.001, then x0.1 at each of ``lr_steps`` (``step``) or cosine to 0 at ``max_steps``."""
+    if step < sched.warmup_steps:
+        return 0.001 + (1 - 0.001) * step / sched.warmup_steps
+    if lr_schedule == "step":
+        return 0.1 ** sum(step >= s for s in sched.lr_steps)
+    return 0.5 * (1 + math.cos(math.pi * (step - sched.warmup_steps) / max(1, sched.max_steps - sched.warmup_steps)))
 
 
 def detector_spec(cfg: TrainDetectorConfig, embed_dim: int) -> detector.DetectorSpec:
     """The DetectorSpec of a stage config (what the manifest records to rebuild the model)."""
     names = {f for f in detector.DetectorSpec.__dataclass_fields__}
     values = {k: v for k, v in config.config_dict(cfg).items() if k in names}
-    return detector.DetectorSpec(**values, min_size=tuple(cfg.min_sizes), embed_dim=embed_dim, score_thresh=0.05,
-                                 nms_thresh=0.5, detections_per_img=100)
+    return detector.DetectorSpec(**values, min_size=tuple(cfg.min_sizes), embed_dim=embed_dim,
+                                 box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +242,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainDetectorConfig) -> torch.optim.
 
 
 def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
-          out: Path, config_hash: str) -> dict:
+          out: Path, config_hash: str, sched: Schedule | None = None) -> dict:
     """The training loop: resumes from ``checkpoints/last.pt`` (same config hash) and checkpoints every
     ``checkpoint_every`` steps; appends ``train_log.jsonl`` (truncated to the checkpoint on resume).
 
@@ -211,8 +256,9 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "train_log.jsonl"
     start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
-    plan = batch_plan(len(dataset), repeat_factors(dataset.records, cfg.repeat_factor_thresh), cfg.batch_size,
-                      cfg.max_steps, cfg.seed)
+    factors = repeat_factors(dataset.records, cfg.repeat_factor_thresh)
+    sched = sched or schedule(cfg, factors)
+    plan = batch_plan(len(dataset), factors, cfg.batch_size, sched.max_steps, cfg.seed)
     mine = [b[rank::world] for b in plan[start:]]
     # a generator of its own: creating the iterator must not draw from torch's global RNG (exact resume)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=cfg.num_workers, collate_fn=list,
@@ -220,10 +266,10 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
     sums: dict[str, float] = {}
     t0, step = time.perf_counter(), start
     ddp.train()
-    for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=cfg.max_steps,
+    for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=sched.max_steps,
                                       mininterval=10, disable=rank > 0), start):
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, cfg)
+            g["lr"] = cfg.lr * lr_factor(step, sched, cfg.lr_schedule)
         images, targets, distill = _to(device, batch)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = ddp(images, targets, distill).losses
@@ -238,17 +284,17 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
         for k, v in {**losses, "loss": loss}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if (step + 1) % cfg.log_every == 0 and rank == 0:
-            row = {"step": step + 1, "lr": round(cfg.lr * lr_factor(step, cfg), 8),
+            row = {"step": step + 1, "lr": round(cfg.lr * lr_factor(step, sched, cfg.lr_schedule), 8),
                    **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}}
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             sums = {}
-        if (step + 1) % cfg.checkpoint_every == 0 and rank == 0 and step + 1 < cfg.max_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 and rank == 0 and step + 1 < sched.max_steps:
             runtime.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                                 "scaler": scaler.state_dict(), "step": step + 1,
                                                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash})
-    steps_run = cfg.max_steps - start
-    return {"steps": cfg.max_steps, "resumed_from_step": start,
+    steps_run = sched.max_steps - start
+    return {"steps": sched.max_steps, "images_per_epoch": sched.images_per_epoch, "resumed_from_step": start,
             "seconds_per_step": round((time.perf_counter() - t0) / max(steps_run, 1), 3)}
 
 
@@ -319,7 +365,10 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     if cfg.backbone == "toy" and cfg.pretrained_backbone:
         load_toy_backbone(model, cfg.run_root)
     model = model.to(device)
-    summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash)
+    sched = schedule(cfg, repeat_factors(records, cfg.repeat_factor_thresh))
+    log.info("schedule: %d steps of %d images (%s)", sched.max_steps, cfg.batch_size,
+             f"{cfg.epochs} epochs of {sched.images_per_epoch} images" if cfg.epochs else "max_steps")
+    summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash, sched)
     if rank > 0:
         return StageResult(out, False, summary)
     shards.save_tensors(out / "model.safetensors", model.state_dict(), {"stage": STAGE})
@@ -334,6 +383,7 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
         outputs=["model.safetensors", "train_log.jsonl"],
         summary={**summary, "processes": world, **{f"input/{k}": v for k, v in dropped.items() if v}},
         started_at=started, extra={"detector": asdict(spec), "vocabulary": {"base": list(split.ids("base"))},
+                                   "schedule": asdict(sched),
                                    "determinism": determinism})
     return StageResult(out, False, manifest["summary"])
 

@@ -10,11 +10,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "ezsd_core"
 LAYER0 = {"config", "artefacts", "lineage", "splits", "prompts"}
-LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data"}
-LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector"}
+LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data",
+          "scriptarchive"}
+LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector", "trained"}
 ALLOWED: dict[str, set[str]] = {
     **{m: LAYER0 for m in LAYER0},
     **{m: LAYER0 for m in ("structures", "runtime", "toyshapes", "crops", "tinyclip")},
+    # scriptarchive: reads a TorchScript archive's tensors (torch only); clip builds on it
+    "scriptarchive": set(),
     "toydraw": LAYER0 | {"toyshapes"},
     "toyworld": LAYER0 | {"toyshapes", "toydraw"},
     "shards": LAYER0 | {"structures"},
@@ -22,6 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     **{m: LAYER0 | LAYER1 for m in ("clip", "losses", "evaluation")},
     "bootstrap": LAYER0 | {"evaluation"},
     "detector": LAYER0 | LAYER1 | {"losses"},
+    # trained: rebuilds stage 04's detector from its manifest + weights for stage 05, predict and export
+    "trained": LAYER0 | LAYER1 | {"detector"},
     "pipeline": LAYER0,
     "report": LAYER0 | LAYER1,
     "viz": LAYER0 | LAYER1,

@@ -101,6 +101,17 @@ def test_a_checkpoint_file_given_as_input_is_hashed_into_the_lineage(tmp_path: P
     assert config.upstream_hashes(cfg)["file:clip_pretrained"] != first["file:clip_pretrained"]
     tag = config.stage_config(doc, "finetune_clip", source="x", overrides=sets[:2])
     assert lineage.input_files(tag) == {}, "pretrain_clip (the default) is tracked as an upstream stage"
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text("{}")
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights v1")
+    local = config.stage_config(doc, "finetune_clip", source="x", overrides=[*sets[:2], sets[3],
+                                                                            f"finetune_clip.clip_pretrained=local-dir:{folder}"])
+    before = config.upstream_hashes(local)
+    names = {"file:clip_pretrained/open_clip_config.json", "file:clip_pretrained/open_clip_model.safetensors"}
+    assert names <= set(before)
+    (folder / "open_clip_model.safetensors").write_bytes(b"weights v2")
+    assert config.upstream_hashes(local) != before, "a local-dir: folder's files are inputs too"
 
 
 def test_the_fast_path_hashes_only_when_size_or_time_differs(tmp_path: Path, monkeypatch) -> None:

@@ -76,8 +76,8 @@ def test_the_metric_counts_the_boxes_the_reader_kept(dirty_world: Path, tmp_path
         "split": "smoke", "data_root": dirty_world, "train_annotations": ANN.format("train"),
         "val_annotations": ANN.format("val"), "train_images": "coco/train", "val_images": "coco/val",
         "run_root": tmp_path, "seed": 0, "device": "cpu", "num_workers": 0, "force": False, "batch_size": 8,
-        "vocabulary": "all", "score_thresh": 0.0, "nms_thresh": 0.5,
-        "max_detections": 100})
+        "vocabulary": "all", "box_score_thresh": 0.0, "box_nms_thresh": 0.5,
+        "box_detections_per_img": 100, "image_set": "all"})
     with evaluate.ground_truth(cfg) as gt:
         metrics = evaluation.coco_metrics(gt, results, split, iou_types=("bbox",), max_dets=[100])
     assert metrics["bbox/AP50_all"] == pytest.approx(1.0)

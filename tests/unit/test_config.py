@@ -12,7 +12,7 @@ COMMON = {"split": "smoke", "data_root": "data/smoke", "train_annotations": "coc
           "val_annotations": "coco/annotations/instances_val.json", "train_images": "coco/train",
           "val_images": "coco/val", "run_root": "runs/smoke", "seed": 0, "device": "cpu", "num_workers": 0,
           "force": False}
-STAGE = {"clip_model": "ezsd-tiny-cnn", "num_steps": 2, "batch_size": 8, "lr": 1.0e-3, "text_lr": 1.0e-2,
+STAGE = {"clip_model": "ezsd-tiny-cnn", "max_steps": 2, "batch_size": 8, "lr": 1.0e-3, "text_lr": 1.0e-2,
          "weight_decay": 0.0, "warmup_steps": 0, "logit_scale_init": 1.0, "logit_scale_lr": 0.06, "augment_prob": 0.5,
          "image_warmup_steps": 0, "backbone_steps": 0, "backbone_lr": 1.0e-3, "log_every": 1}
 
@@ -36,8 +36,8 @@ def test_valid_params_give_typed_config() -> None:
 @pytest.mark.parametrize("changes,fragment", [
     ({"lrr": 1.0}, "unknown key pretrain_clip.lrr; allowed keys:"),
     ({"lr": "1e-4"}, "pretrain_clip.lr: expected a float, got '1e-4' (YAML reads an exponent without a dot"),
-    ({"num_steps": "ten"}, "pretrain_clip.num_steps: expected an int, got 'ten'"),
-    ({"num_steps": True}, "pretrain_clip.num_steps: expected an int, got True"),
+    ({"max_steps": "ten"}, "pretrain_clip.max_steps: expected an int, got 'ten'"),
+    ({"max_steps": True}, "pretrain_clip.max_steps: expected an int, got True"),
     ({"batch_size": 1}, "pretrain_clip.batch_size: got 1; allowed range [2, inf]"),
     ({"clip_model": None}, "pretrain_clip.clip_model: expected a string, got None"),
 ])
@@ -95,3 +95,28 @@ def test_load_config_picks_fields_from_a_notebook_namespace() -> None:
     assert cfg.clip_model == "ezsd-tiny-cnn"
     with pytest.raises(ConfigError, match="missing key seed"):
         config.load_config(config.PretrainClipConfig, {k: v for k, v in namespace.items() if k != "seed"})
+
+
+@pytest.mark.parametrize("stage,old,new", [(s, o, n) for s, ren in config.RENAMED.items() for o, n in ren.items()])
+def test_an_old_knob_name_says_its_new_name_in_one_line(stage: str, old: str, new: str) -> None:
+    doc = config.read_params("params/smoke.yaml")
+    section = dict(doc[stage])
+    section[old] = section.pop(new)
+    with pytest.raises(config.ConfigError) as e:
+        config.stage_config({**doc, stage: section}, stage, source="params/old.yaml")
+    assert str(e.value) == f"params/old.yaml: {stage}.{old} is now called {new} (each knob's name says whose it is); " \
+                           "rename it"
+    with pytest.raises(config.ConfigError, match=f"--set {stage}.{old}=1: {stage}.{old} is now called {new}$"):
+        config.stage_config(doc, stage, source="params/smoke.yaml", overrides=[f"{stage}.{old}=1"])
+
+
+def test_near_twin_knobs_of_different_stages_no_longer_share_a_name() -> None:
+    """The same word means the same kind of thing, and a prefix says whose it is."""
+    fields = {s: set(config.field_names(c)) - set(config.field_names(config.CommonConfig))
+              for s, c in config.STAGE_CONFIGS.items()}
+    old = {o for ren in config.RENAMED.values() for o in ren}
+    assert not old & set().union(*fields.values())
+    assert {"region_anchor_sizes", "region_nms_thresh"} <= fields["propose_regions"]
+    assert {"rpn_anchor_sizes", "rpn_anchor_ratios"} <= fields["train_detector"]
+    assert {"box_score_thresh", "box_nms_thresh", "box_detections_per_img"} <= fields["evaluate"]
+    assert "max_steps" in fields["pretrain_clip"] and "max_steps" in fields["train_detector"]

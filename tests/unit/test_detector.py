@@ -8,12 +8,13 @@ from ezsd_core import detector
 
 def _spec(**changes) -> detector.DetectorSpec:
     base = dict(backbone="toy", pretrained_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
-                max_size=64, anchor_sizes=(8, 16, 32, 64, 128), anchor_ratios=(0.5, 1.0, 2.0), rpn_pre_nms_train=100,
+                max_size=64, rpn_anchor_sizes=(8, 16, 32, 64, 128), rpn_anchor_ratios=(0.5, 1.0, 2.0),
+                rpn_pre_nms_train=100,
                 rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50, rpn_batch_size=32,
                 roi_batch_size=16, roi_positive_fraction=0.25, head_shared_convs=1, head_branch_convs=1,
                 head_conv_dim=8, head_fc_dim=32, mask_head_convs=1, mask_head_dim=8, embed_dim=16,
                 temperature_init=20.0, classifier_loss="softmax", box_loss_weight=1.0, distill_weight=1.0,
-                score_thresh=0.0, nms_thresh=0.5, detections_per_img=20)
+                box_score_thresh=0.0, box_nms_thresh=0.5, box_detections_per_img=20)
     return detector.DetectorSpec(**{**base, **changes})
 
 
@@ -114,3 +115,35 @@ def test_roi_canonical_scale_picks_the_fpn_level_a_box_pools_from(scale: int, le
              for k, name in enumerate(detector.LEVELS)}
     pooled = m.roi_heads.box_roi_pool(feats, [torch.tensor([[40.0, 40, 88, 88]])], [(128, 128)])
     assert pooled.shape == (1, 1, 7, 7) and torch.allclose(pooled, torch.full_like(pooled, float(level)))
+
+
+def test_aligned_roi_pool_is_roi_align_with_the_half_pixel_shift_on_each_rois_level() -> None:
+    """roi_aligned pools every RoI from the level torchvision's pooler picks, with roi_align(aligned=True);
+    not aligned, the pooler is torchvision's own; roi_sampling_ratio reaches roi_align."""
+    from torchvision.ops import MultiScaleRoIAlign, roi_align
+
+    torch.manual_seed(0)
+    feats = {str(i): torch.randn(1, 4, 64 // 2**i, 64 // 2**i) for i in range(4)}
+    boxes = [torch.tensor([[2.0, 3.0, 12.0, 15.0], [5.0, 5.0, 60.0, 58.0], [10.0, 20.0, 40.0, 30.0]])]
+    shapes = [(256, 256)]
+    spec = _spec(roi_aligned=True, roi_sampling_ratio=0)
+    got = detector.roi_pool(spec, 7)(feats, boxes, shapes)
+    plain = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=0, canonical_scale=spec.roi_canonical_scale)
+    plain(feats, boxes, shapes)  # sets up its level mapper and scales
+    levels = plain.map_levels(boxes)
+    for i, lvl in enumerate(levels.tolist()):
+        roi = torch.cat([torch.zeros(1, 1), boxes[0][i:i + 1]], 1)
+        want = roi_align(feats[str(lvl)], roi, 7, plain.scales[lvl], 0, aligned=True)
+        assert torch.allclose(got[i], want[0], atol=1e-6)
+    assert not torch.allclose(got, plain(feats, boxes, shapes))
+    unaligned = detector.roi_pool(_spec(), 7)
+    assert type(unaligned) is MultiScaleRoIAlign and unaligned.sampling_ratio == 2
+
+
+def test_a_detector_with_the_references_roi_align_trains_and_detects() -> None:
+    torch.manual_seed(0)
+    model = detector.build_detector(_spec(roi_aligned=True, roi_sampling_ratio=0),
+                                    torch.nn.functional.normalize(torch.randn(3, 16), dim=-1))
+    images, targets, distill = _batch(2)
+    out = model.train()(images, targets, distill, return_detections=True)
+    assert all(torch.isfinite(v) for v in out.losses.values()) and len(out.detections) == 1

@@ -80,3 +80,49 @@ def test_coco_metrics_reports_ap_at_the_largest_max_dets(tmp_path: Path) -> None
             for a in json.loads(gt.read_text())["annotations"]]
     m = evaluation.coco_metrics(gt, dets, SPLIT, iou_types=("bbox",), max_dets=(100, 300))
     assert m["bbox/AP_novel"] == pytest.approx(1.0) and m["bbox/AP_all@100"] == pytest.approx(1.0)
+
+
+def test_ap_and_ap50_are_read_at_100_and_at_300_detections(tmp_path: Path) -> None:
+    """One GT box (novel, image 2) found exactly, but only by the 150th-ranked detection of its image:
+    AP and AP50 are 0 at 100 detections per image and 1/150 at 300 (recall 1 first reached at
+    precision 1/150, at every IoU threshold)."""
+    gt = _gt(tmp_path / "gt.json")
+    decoys = [{"image_id": 2, "category_id": 2, "bbox": [30 + i % 10, 30, 5, 5], "score": 0.9 - i * 1e-4}
+              for i in range(149)]
+    found = {"image_id": 2, "category_id": 2, "bbox": [5, 5, 20, 20], "score": 0.5}
+    m = evaluation.coco_metrics(gt, [*decoys, found], SPLIT, iou_types=("bbox",), max_dets=(100, 300))
+    assert m["bbox/AP50_novel@100"] == 0.0 and m["bbox/AP_novel@100"] == 0.0
+    assert m["bbox/AP50_novel"] == pytest.approx(1 / 150, abs=1e-6)  # at 300, never -1
+    assert m["bbox/AP_novel"] == pytest.approx(1 / 150, abs=1e-6)
+
+
+def test_image_ids_restrict_the_images_scored(tmp_path: Path) -> None:
+    """A false positive on an image outside ``image_ids`` costs nothing (COCO 48/17 scores only the
+    val images that hold a box of its 65 classes)."""
+    gt = _gt(tmp_path / "gt.json")
+    doc = json.loads(gt.read_text())
+    doc["images"].append({"id": 3, "width": 50, "height": 50})  # no box of the split
+    gt.write_text(json.dumps(doc))
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+            for a in doc["annotations"]]
+    dets.append({"image_id": 3, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9})
+    every = evaluation.coco_metrics(gt, dets, SPLIT, iou_types=("bbox",), max_dets=(100,))
+    scored = evaluation.coco_metrics(gt, dets, SPLIT, iou_types=("bbox",), max_dets=(100,), image_ids=[1, 2])
+    assert every["bbox/AP50_base"] < 1.0 and scored["bbox/AP50_base"] == pytest.approx(1.0)
+
+
+def test_metrics_of_a_results_file_equal_those_of_the_list(tmp_path: Path, smoke_world: Path) -> None:
+    gt = _gt(tmp_path / "gt.json")
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},
+            {"image_id": 1, "category_id": 1, "bbox": [40, 40, 5, 5], "score": 0.8},
+            {"image_id": 2, "category_id": 2, "bbox": [6, 5, 20, 20], "score": 0.7}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    as_list = evaluation.coco_metrics(gt, [dict(d) for d in dets], SPLIT, iou_types=("bbox",), max_dets=(100, 300))
+    from_file = evaluation.coco_metrics(gt, tmp_path / "dets.json", SPLIT, iou_types=("bbox",), max_dets=(100, 300))
+    assert from_file == as_list
+    lvis_gt = smoke_world / "lvis/annotations/lvis_v1_val.json"
+    lvis_dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5}
+                 for a in json.loads(lvis_gt.read_text())["annotations"]][::2]
+    (tmp_path / "lvis.json").write_text(json.dumps(lvis_dets))
+    assert evaluation.lvis_metrics(lvis_gt, tmp_path / "lvis.json", iou_types=("bbox",)) == \
+        evaluation.lvis_metrics(lvis_gt, lvis_dets, iou_types=("bbox",))

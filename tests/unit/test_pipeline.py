@@ -55,8 +55,8 @@ def test_a_complete_stage_is_skipped_without_starting_a_kernel(tmp_path: Path) -
 
 
 def test_params_errors_come_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"pretrain_clip.num_steps: expected an int, got 'many'"):
-        pipeline.run(_params(tmp_path, num_steps="many"), echo=lambda _: None)
+    with pytest.raises(ConfigError, match=r"pretrain_clip.max_steps: expected an int, got 'many'"):
+        pipeline.run(_params(tmp_path, max_steps="many"), echo=lambda _: None)
     with pytest.raises(ConfigError, match="--set common.sead=1: unknown key common.sead"):
         pipeline.run(_params(tmp_path), overrides=["common.sead=1"], echo=lambda _: None)
     assert not (tmp_path / "runs").exists()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ezsd_core import artefacts, clip, crops, toydraw, toyworld
+from ezsd_core import artefacts, clip, toydraw, toyworld
 from ezsd_core.stages import pretrain_clip
 
 
@@ -40,7 +40,7 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy() -> None:
     backbone_images, backbone_labels = [], []
     for kind in toyworld.PICTURE_KINDS:
         pictures, labels = _heldout(spec, kind)
-        x = crops.normalize(pretrain_clip.iconic_batch(pictures, teacher.image_size).float() / 255)
+        x = teacher.normalize(pretrain_clip.iconic_batch(pictures, teacher.image_size).float() / 255)
         with torch.no_grad():
             acc = pretrain_clip.zero_shot_top1(clip.encode_images(teacher, x), text, torch.tensor(labels))
         assert acc == pytest.approx(summary[f"{kind}/top1"], abs=0.01), kind

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from ezsd_core import clip
+from ezsd_core import clip, config
 from ezsd_core.stages import finetune_clip as st
 
 
@@ -46,3 +46,14 @@ def test_a_training_step_changes_only_layernorms() -> None:
     changed = {k for k, v in model.model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and changed <= lns, sorted(changed - lns)
     assert math.isclose(model.logit_scale, math.exp(before["logit_scale"].item()), rel_tol=1e-6)
+
+
+def test_max_steps_cuts_training_after_that_many_batches() -> None:
+    doc = config.read_params("params/smoke.yaml")
+    cfg = config.stage_config({"common": doc["common"], "finetune_clip": {
+        **doc["finetune_clip"], "epochs": None, "max_steps": 5, "log_every": 1}}, "finetune_clip", source="t")
+    torch.manual_seed(0)
+    model = clip.build_clip("ezsd-tiny-cnn", None, allow_random_init=True)
+    loader = [(torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 0]), torch.ones(3)) for _ in range(2)]
+    rows = st.train(model, loader, ("circle", "star"), cfg, torch.device("cpu"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and [r["epoch"] for r in rows] == [1, 1, 2, 2, 3]

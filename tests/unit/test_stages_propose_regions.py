@@ -44,8 +44,8 @@ def test_entropy_score_is_ln_c_minus_entropy() -> None:
 def test_select_regions_suppresses_overlaps_and_keeps_top_k() -> None:
     boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
     scores = torch.tensor([0.9, 0.95, 0.5, 0.7])
-    assert st.select_regions(boxes, scores, nms_iou=0.7, max_regions=10).tolist() == [1, 3, 2]
-    assert st.select_regions(boxes, scores, nms_iou=0.7, max_regions=2).tolist() == [1, 3]
+    assert st.select_regions(boxes, scores, nms_thresh=0.7, max_regions=10).tolist() == [1, 3, 2]
+    assert st.select_regions(boxes, scores, nms_thresh=0.7, max_regions=2).tolist() == [1, 3]
 
 
 def test_propose_for_image_returns_sorted_regions_inside_the_image() -> None:
@@ -54,7 +54,7 @@ def test_propose_for_image_returns_sorted_regions_inside_the_image() -> None:
     text = clip.encode_texts(model, ["circle", "star", "ring"], ["a photo of a {}"])
     image = torch.randint(0, 255, (3, 48, 64), dtype=torch.uint8)
     boxes = st.candidate_boxes(48, 64, (48, 64, 16, (16, 32), (1.0,)))
-    rs = st.propose_for_image(image, model, text, torch.tensor([5, 7, 9]), boxes, crop_scale=1.0, nms_iou=0.7,
+    rs = st.propose_for_image(image, model, text, torch.tensor([5, 7, 9]), boxes, crop_scale=1.0, nms_thresh=0.7,
                               max_regions=5, crops_per_batch=7)
     assert len(rs.region_boxes) == 5 and (rs.region_scores[:-1] >= rs.region_scores[1:]).all()
     assert set(rs.region_category_ids.tolist()) <= {5, 7, 9} and (rs.region_probs <= 1).all()

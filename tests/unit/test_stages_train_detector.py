@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from ezsd_core import config
@@ -37,7 +38,7 @@ def test_repeat_factors_follow_the_lvis_formula() -> None:
 
 
 def test_batch_plan_is_deterministic_and_repeats_rare_images() -> None:
-    plan = st.batch_plan(10, np.ones(10), batch_size=4, num_steps=7, seed=3)
+    plan = st.batch_plan(10, np.ones(10), batch_size=4, max_steps=7, seed=3)
     assert len(plan) == 7 and all(len(b) == 4 for b in plan) and plan == st.batch_plan(10, np.ones(10), 4, 7, 3)
     assert sorted(i for e, i in sum(plan, []) if e == 0) == list(range(10)), "an epoch visits every image once"
     factors = np.ones(10)
@@ -51,5 +52,53 @@ def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
     cfg = config.stage_config({"common": config.read_params("params/smoke.yaml")["common"],
                                "train_detector": {**base, "warmup_steps": 10, "lr_schedule": "step",
                                                   "lr_steps": [20, 30], "max_steps": 40}}, "train_detector", source="t")
-    assert math.isclose(st.lr_factor(0, cfg), 0.001) and st.lr_factor(10, cfg) == 1.0
-    assert math.isclose(st.lr_factor(25, cfg), 0.1) and math.isclose(st.lr_factor(35, cfg), 0.01)
+    sched = st.schedule(cfg, np.ones(7))
+    assert sched == st.Schedule(max_steps=40, lr_steps=(20, 30), warmup_steps=10, images_per_epoch=0)
+    assert math.isclose(st.lr_factor(0, sched, "step"), 0.001) and st.lr_factor(10, sched, "step") == 1.0
+    assert math.isclose(st.lr_factor(25, sched, "step"), 0.1) and math.isclose(st.lr_factor(35, sched, "step"), 0.01)
+
+
+def _cfg(**changes) -> config.TrainDetectorConfig:
+    doc = config.read_params("params/smoke.yaml")
+    return config.stage_config({"common": doc["common"], "train_detector": {**doc["train_detector"], **changes}},
+                               "train_detector", source="t")
+
+
+def test_epochs_convert_with_the_images_an_epoch_draws_after_repeat_factor_sampling() -> None:
+    """E = round(sum r_i) images an epoch (10 images, one repeated 3.4 times: 12.4 -> 12); with B = 4,
+    12 epochs are ceil(12 * 12 / 4) = 36 steps and the drops at epochs 8 and 11 at steps 24 and 33."""
+    cfg = _cfg(epochs=12, max_steps=None, lr_steps=[8, 11], batch_size=4, warmup_steps=5)
+    factors = np.ones(10)
+    factors[3] = 3.4
+    assert st.schedule(cfg, factors) == st.Schedule(max_steps=36, lr_steps=(24, 33), warmup_steps=5,
+                                                    images_per_epoch=12)
+    assert st.schedule(cfg, np.ones(9)) == st.Schedule(27, (18, 25), 5, 9)  # 9 images kept by the reader
+    with pytest.raises(ValueError, match="lr_steps: 13 is after the last of epochs=12"):
+        st.schedule(_cfg(epochs=12, max_steps=None, lr_steps=[8, 13]), np.ones(9))
+    with pytest.raises(ValueError, match="no image with a base box"):
+        st.schedule(cfg, np.ones(0))
+
+
+@pytest.mark.parametrize("stage", ["train_detector", "finetune_clip"])
+def test_epochs_and_max_steps_are_never_both_given(stage: str) -> None:
+    doc = config.read_params("params/smoke.yaml")
+    for epochs, steps, said in ((3, 4, "both are set"), (None, None, "both are null")):
+        bad = {"common": doc["common"], stage: {**doc[stage], "epochs": epochs, "max_steps": steps}}
+        with pytest.raises(config.ConfigError, match=f"{stage}.epochs: give exactly one of epochs and max_steps "
+                                                     f"\\({said}"):
+            config.stage_config(bad, stage, source="t")
+
+
+def test_real_settings_train_for_the_reference_epochs() -> None:
+    """Spec §5.4: 12 epochs (drops 8, 11) COCO 48/17; 18 (14, 16) COCO 60/20; 48 (32, 44) LVIS; stage 01
+    12 epochs on COCO and 18 on LVIS; the toy and smoke files keep their measured step budgets."""
+    want = {"coco_48_17": (12, [8, 11], 12), "coco_60_20": (18, [14, 16], 12),
+            "lvis_866_337": (48, [32, 44], 18), "lvis_405_798": (48, [32, 44], 18)}
+    for name, (epochs, drops, clip_epochs) in want.items():
+        doc = config.read_params(f"params/{name}.yaml")
+        td, ft = doc["train_detector"], doc["finetune_clip"]
+        assert (td["epochs"], td["lr_steps"], td["max_steps"]) == (epochs, drops, None), name
+        assert (ft["epochs"], ft["max_steps"]) == (clip_epochs, None), name
+    for name, steps in (("smoke", 4), ("toy_coco", 1200), ("toy_lvis", 1200)):
+        td = config.read_params(f"params/{name}.yaml")["train_detector"]
+        assert (td["epochs"], td["max_steps"]) == (None, steps), name
