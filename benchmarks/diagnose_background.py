@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from ezsd_core import artefacts, clip, crops, toydraw
+from ezsd_core import artefacts, clip, toydraw
 from ezsd_core.toyshapes import CATEGORY_NAMES
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,7 +56,7 @@ def name_clutter(model: clip.Clip, windows: torch.Tensor) -> dict:
     names = list(CATEGORY_NAMES)
     text = clip.encode_texts(model, names, ["a photo of a {}"])
     with torch.no_grad():
-        emb = F.normalize(clip.encode_images(model, crops.normalize(windows)), dim=-1)
+        emb = F.normalize(clip.encode_images(model, model.normalize(windows)), dim=-1)
         p = (model.model.logit_scale.exp() * emb @ text.T).softmax(-1)
     entropy = -(p * p.clamp_min(1e-5).log()).sum(-1)
     counts = collections.Counter(p.argmax(-1).tolist())
