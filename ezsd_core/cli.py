@@ -94,6 +94,31 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- issue 11: check, export ------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ezsd_core import check
+
+    report = check.check(args.params, data_root=args.data_root, overrides=tuple(args.set or ()),
+                         seconds=args.seconds, measure=not args.no_measure)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _add_check_parser(sub) -> None:
+    c = sub.add_parser("check", help="validate a params file's data layout, time its CLIP, print the plan")
+    c.add_argument("params", type=Path, help="params/<split>.yaml")
+    c.add_argument("--data-root", type=Path, help="replaces common.data_root")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override, as for run")
+    c.add_argument("--seconds", type=float, default=3.0, help="measuring time for crops and for prompts")
+    c.add_argument("--no-measure", action="store_true", help="do not build and time the CLIP")
+    c.set_defaults(func=_check)
+
+
+# --- end issue 11 ------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ezsd`` (subcommands ``run`` and ``toyworld``)."""
     p = argparse.ArgumentParser(prog="ezsd", description="EZSD zero-shot detection pipeline (arXiv 2303.12145)")
@@ -132,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-detections", type=int, default=100)
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_predict)
+    _add_check_parser(sub)
     t = sub.add_parser("toyworld", help="generate the procedural shapes world (images + COCO/LVIS JSON)")
     t.add_argument("out", type=Path, help="output folder, e.g. data/toy")
     t.add_argument("--seed", type=int)

@@ -188,3 +188,46 @@ def write_real_dataset(root: Path, *, num_train: int = 4, num_val: int = 2, boxe
                 "categories": lcats}
         (root / "annotations" / f"lvis_v1_{subset}.json").write_text(json.dumps(lvis))
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A dataset of its own (issue 11 §2): COCO format, names no built-in split knows
+
+CUSTOM_NAMES = ("astronaut", "rocket", "tabby cat", "coffee cup", "flag", "color wheel")
+CUSTOM_NOVEL = ("flag", "color wheel")
+
+
+def write_custom_dataset(root: Path, *, num_train: int = 4, num_val: int = 2) -> Path:
+    """``root/annotations/{train,val}.json`` (COCO format, the six ``CUSTOM_NAMES``, ids 11..16), images
+    in ``root/images/``, and the names files ``root/base.txt`` / ``root/novel.txt`` that
+    ``params/examples/photos_4_2.yaml`` declares its split with. Every image has a box of each of three
+    names, so train and val hold base and novel boxes.
+
+    Returns:
+        ``root``.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    cats = [{"id": 11 + k, "name": n, "supercategory": "thing"} for k, n in enumerate(CUSTOM_NAMES)]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    ann_id = 1
+    for subset, ids in (("train", range(1, num_train + 1)), ("val", range(101, 101 + num_val))):
+        images, anns = [], []
+        for n, i in enumerate(ids):
+            x = _photo(PHOTOS[(n + (3 if subset == "val" else 0)) % len(PHOTOS)])
+            name = f"{subset}_{i:04d}.jpg"
+            Image.fromarray(x).save(root / "images" / name, quality=90)
+            images.append({"id": i, "file_name": name, "height": int(x.shape[0]), "width": int(x.shape[1])})
+            for k, box in enumerate(_boxes(rng, x.shape[1], x.shape[0], 3)):
+                cat = cats[(2 * n + k) % len(cats)]["id"]
+                anns.append({"id": ann_id, "image_id": i, "category_id": cat, "bbox": box, "iscrowd": 0,
+                             "area": round(box[2] * box[3], 2), "segmentation": _poly(*box)})
+                ann_id += 1
+        (root / "annotations" / f"{subset}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    (root / "base.txt").write_text("# base categories, one a line\n" +
+                                   "".join(f"{n}\n" for n in CUSTOM_NAMES if n not in CUSTOM_NOVEL))
+    (root / "novel.txt").write_text("".join(f"{n}\n" for n in CUSTOM_NOVEL))
+    return root

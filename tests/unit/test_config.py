@@ -95,3 +95,29 @@ def test_load_config_picks_fields_from_a_notebook_namespace() -> None:
     assert cfg.clip_model == "ezsd-tiny-cnn"
     with pytest.raises(ConfigError, match="missing key seed"):
         config.load_config(config.PretrainClipConfig, {k: v for k, v in namespace.items() if k != "seed"})
+
+
+@pytest.mark.parametrize("common,fragment", [
+    ({"split": "coco_50_15"}, "common.split: unknown split 'coco_50_15'; allowed: smoke, toy_coco"),
+    ({"base_names": ["a"]}, "common.split_style: null, but base_names / novel_names are set"),
+    ({"split": "photos", "split_style": "coco", "base_names": ["a"]}, "common.novel_names: null, but split_style"),
+    ({"split": "photos", "split_style": "voc", "base_names": ["a"], "novel_names": ["b"]},
+     "common.split_style: got 'voc'; allowed: 'coco', 'lvis'"),
+    ({"split": "smoke", "split_style": "coco", "base_names": ["a"], "novel_names": ["b"]},
+     "common.split: 'smoke' is a built-in split"),
+    ({"split": "photos", "split_style": "coco", "base_names": ["a", "b"], "novel_names": ["b"]},
+     "base_names / novel_names: 'b' in both"),
+    ({"split": "photos", "split_style": "coco", "base_names": 3, "novel_names": ["b"]},
+     "common.base_names: expected a list of a string or a string or null, got 3"),
+])
+def test_split_declaration_errors_are_one_line(common: dict, fragment: str) -> None:
+    doc = {"common": {**COMMON, **common}, "pretrain_clip": dict(STAGE)}
+    with pytest.raises(ConfigError) as e:
+        _cfg(doc)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_declared_split_takes_lists_or_a_names_file() -> None:
+    decl = {"split": "photos", "split_style": "lvis", "base_names": ["a", "b"], "novel_names": "novel.txt"}
+    cfg = _cfg({"common": {**COMMON, **decl}, "pretrain_clip": dict(STAGE)})
+    assert cfg.base_names == ("a", "b") and cfg.novel_names == "novel.txt" and cfg.split_style == "lvis"

@@ -114,3 +114,13 @@ def test_roi_canonical_scale_picks_the_fpn_level_a_box_pools_from(scale: int, le
              for k, name in enumerate(detector.LEVELS)}
     pooled = m.roi_heads.box_roi_pool(feats, [torch.tensor([[40.0, 40, 88, 88]])], [(128, 128)])
     assert pooled.shape == (1, 1, 7, 7) and torch.allclose(pooled, torch.full_like(pooled, float(level)))
+
+
+def test_detection_without_any_proposal_gives_empty_results(model) -> None:
+    """A batch whose RPN proposes nothing (a random-init backbone on a tiny image can) detects nothing
+    instead of crashing in the box decoder (torchvision returns (0, 4), not (0, 1, 4), for no boxes)."""
+    model.eval()
+    images, _, _ = _batch(0)
+    feats = model.backbone(torch.rand(1, 3, 64, 64))
+    out = model.roi_heads._detect(feats, [torch.zeros(0, 4)], [(64, 64)])
+    assert len(out) == 1 and out[0]["boxes"].shape == (0, 4) and out[0]["scores"].numel() == 0
