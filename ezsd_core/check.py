@@ -46,7 +46,7 @@ class Report:
             out.append(f"  {'stage':<20}{'shards':>7}{'images':>10}{'CLIP crops':>14}{'prompts':>12}{'hours':>10}")
             for row in self.plan:
                 hours = "n/a" if row["hours"] is None else f"{row['hours']:.2f}"
-                out.append(f"  {row['stage']:<20}{row['shards']:>7}{row['images']:>10}{row['crops']:>14,}"
+                out.append(f"  {row['stage']:<20}{row['shards']:>7}{row['images']:>10,}{row['crops']:>14,}"
                            f"{row['prompts']:>12,}{hours:>10}" + (f"   {row['note']}" if row.get("note") else ""))
         out += [f"problem: {p}" for p in self.problems]
         out.append("ready" if self.ok else f"not ready: {len(self.problems)} problem(s)")
