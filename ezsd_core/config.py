@@ -49,9 +49,9 @@ class CommonConfig:
     UPSTREAM: ClassVar[tuple[str, ...]] = ()  # stages whose artefacts this stage reads
 
     split: str  # a built-in split id (splits.SPLIT_IDS), or the name of the split declared below
-    split_style: str | None = knob(choices=("coco", "lvis"))  # null: built-in split; else declare one
-    base_names: tuple[str, ...] | str | None  # declared split: names, or a names file (rel. to data_root)
-    novel_names: tuple[str, ...] | str | None  # declared split: names, or a names file (rel. to data_root)
+    split_style: str | None = knob(choices=("coco", "lvis"), default=None)  # null: built-in split; else declare one
+    base_names: tuple[str, ...] | str | None = None  # declared split: names, or a names file (rel. to data_root)
+    novel_names: tuple[str, ...] | str | None = None  # declared split: names, or a names file (rel. to data_root)
     data_root: Path
     train_annotations: Path
     val_annotations: Path
@@ -351,6 +351,11 @@ def _validate(cfg: CommonConfig) -> None:
                           "(the stage-00 manifest names the model)")
 
 
+# Fields added after runs were recorded: a manifest's config (strict=False) may lack them; they then
+# take their defaults (a built-in split). A params file (strict=True) must still give every key.
+ADDED_FIELDS = ("split_style", "base_names", "novel_names")
+
+
 def field_names(cls: type[CommonConfig]) -> list[str]:
     """The dataclass fields of a stage config, in declaration order (common fields first)."""
     return [f.name for f in fields(cls)]
@@ -376,13 +381,13 @@ def load_config(cls: type[CommonConfig], values: Mapping[str, Any], *, source: s
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ConfigError(f"{source}: unknown key {where(unknown[0])}; allowed keys: {', '.join(names)}")
-    missing = [n for n in names if n not in values]
+    missing = [n for n in names if n not in values and (strict or n not in ADDED_FIELDS)]
     if missing:
         raise ConfigError(f"{source}: missing key {missing[0]}"
                           f"{' (and ' + str(len(missing) - 1) + ' more)' if len(missing) > 1 else ''}; "
                           f"required keys: {', '.join(names)}")
     try:
-        return cls(**{n: values[n] for n in names})
+        return cls(**{n: values[n] for n in names if n in values})
     except ConfigError as e:
         key, _, rest = str(e).partition(":")
         raise ConfigError(f"{source}: {where(key.split('[')[0]) if origins else key}:{rest}") from None

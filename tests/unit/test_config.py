@@ -121,3 +121,13 @@ def test_a_declared_split_takes_lists_or_a_names_file() -> None:
     decl = {"split": "photos", "split_style": "lvis", "base_names": ["a", "b"], "novel_names": "novel.txt"}
     cfg = _cfg({"common": {**COMMON, **decl}, "pretrain_clip": dict(STAGE)})
     assert cfg.base_names == ("a", "b") and cfg.novel_names == "novel.txt" and cfg.split_style == "lvis"
+
+
+def test_a_config_recorded_before_declared_splits_still_loads() -> None:
+    """Manifests written before split_style / base_names / novel_names existed load with a built-in split;
+    a params file must still give every key."""
+    old = {k: v for k, v in {**COMMON, **STAGE}.items() if k not in config.ADDED_FIELDS}
+    cfg = config.load_config(config.PretrainClipConfig, old)
+    assert cfg.split == "smoke" and cfg.split_style is None and cfg.base_names is None
+    with pytest.raises(ConfigError, match="missing key split_style"):
+        config.load_config(config.PretrainClipConfig, old, strict=True)

@@ -115,3 +115,22 @@ def test_declared_split_may_not_reuse_a_builtin_id_or_an_unknown_style() -> None
         splits.declared_split("coco_48_17", "coco", ["a"], ["b"])
     with pytest.raises(ValueError, match=r"^split_style: got 'voc'; allowed: coco, lvis$"):
         splits.declared_split("p", "voc", ["a"], ["b"])
+
+
+def test_a_names_file_is_part_of_the_data_lineage(tmp_path) -> None:
+    """Editing a declared split's names file makes every stage stale, as editing the JSON does."""
+    from ezsd_core import config, lineage
+
+    (tmp_path / "novel.txt").write_text("flag\n")
+    (tmp_path / "train.json").write_text("{}")
+    doc = {"common": {"split": "photos", "split_style": "coco", "base_names": ["astronaut"],
+                      "novel_names": "novel.txt", "data_root": str(tmp_path), "train_annotations": "train.json",
+                      "val_annotations": "train.json", "train_images": ".", "val_images": ".", "run_root": "r",
+                      "seed": 0, "device": "cpu", "num_workers": 0, "force": False},
+           "evaluate": {"vocabulary": "all", "score_thresh": 0.0, "nms_thresh": 0.5, "max_detections": 10,
+                        "batch_size": 1}}
+    cfg = config.stage_config(doc, "evaluate", source="x.yaml")
+    assert splits.names_files(cfg) == [tmp_path / "novel.txt"]
+    before = lineage.data_fingerprint(cfg)
+    (tmp_path / "novel.txt").write_text("flag\ncolor wheel\n")
+    assert lineage.data_fingerprint(cfg) != before
