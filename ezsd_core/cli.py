@@ -52,9 +52,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ezsd_core import predict
-
-    from ezsd_core import export
+    from ezsd_core import export, predict
 
     paths = predict.image_paths(args.images)
     names = export.names_from(args.names, args.names_file)  # before loading anything
@@ -188,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--template", action="append", metavar="TEMPLATE",
                     help="prompt template with {} for the name; repeat for an ensemble (embeddings averaged); "
                          "default: the run's stage-01 templates")
-    pr.add_argument("--overlay", type=Path, metavar="DIR", help="also write each image with its boxes as DIR/<stem>.png")
+    pr.add_argument("--overlay", type=Path, metavar="DIR",
+                    help="also write each image with its boxes as DIR/<stem>.png")
     pr.add_argument("--out", type=Path, help="write the detections as JSON here (default: print them)")
     pr.add_argument("--fiftyone", metavar="NAME", help="also save a persistent FiftyOne dataset with this name")
     pr.add_argument("--score-thresh", type=float, default=0.3, help="as evaluate.score_thresh")

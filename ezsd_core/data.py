@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ezsd_core.config import CommonConfig
 from ezsd_core import splits
+from ezsd_core.config import CommonConfig
 from ezsd_core.splits import CategorySplit, SplitDef, split_from_categories, split_style
 from ezsd_core.structures import ImageRecord, xywh_to_xyxy
 

@@ -76,7 +76,8 @@ def test_export_names_file_and_bad_arguments(trained, tmp_path: Path, capsys) ->
     _, run_root = trained
     (tmp_path / "names.txt").write_text("# my names\nheart\nstar\n")
     assert export.names_from(None, tmp_path / "names.txt") == ["heart", "star"]
-    assert cli.main(["export", "--run", str(run_root), "--names", "a", "--names-file", str(tmp_path / "names.txt")]) == 2
+    both = ["--names", "a", "--names-file", str(tmp_path / "names.txt")]
+    assert cli.main(["export", "--run", str(run_root), *both]) == 2
     assert capsys.readouterr().err.strip() == ("ezsd: error: names: give either --names 'a,b' or --names-file FILE "
                                                "(one name a line), not both")
 

@@ -94,7 +94,8 @@ def real_data(tmp_path_factory) -> Path:
 
 # LVIS settings take minutes on 2 cores (ViT-B/32's text tower over 1203 prompts): marked slow, so
 # `pytest -m "not slow"` leaves them out; the default run includes them.
-@pytest.fixture(scope="module", params=[*SETTINGS[:2], *(pytest.param(s, marks=pytest.mark.slow) for s in SETTINGS[2:])])
+@pytest.fixture(scope="module",
+                params=[*SETTINGS[:2], *(pytest.param(s, marks=pytest.mark.slow) for s in SETTINGS[2:])])
 def real_run(request, real_data: Path, tmp_path_factory) -> tuple[str, Path]:
     split = request.param
     run_root = tmp_path_factory.mktemp("runs") / split

@@ -8,7 +8,8 @@ import yaml
 from ezsd_core import config
 from ezsd_core.config import ConfigError
 
-COMMON = {"split": "smoke", "split_style": None, "base_names": None, "novel_names": None, "data_root": "data/smoke", "train_annotations": "coco/annotations/instances_train.json",
+COMMON = {"split": "smoke", "split_style": None, "base_names": None, "novel_names": None,
+          "data_root": "data/smoke", "train_annotations": "coco/annotations/instances_train.json",
           "val_annotations": "coco/annotations/instances_val.json", "train_images": "coco/train",
           "val_images": "coco/val", "run_root": "runs/smoke", "seed": 0, "device": "cpu", "num_workers": 0,
           "force": False}
