@@ -106,7 +106,7 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
     from ezsd_core import bootstrap, data
 
     ann_file = Path(cfg.data_root) / cfg.val_annotations
-    split = splits.split_from_categories(cfg.split, json.loads(ann_file.read_text())["categories"])
+    split = splits.split_from_categories(splits.definition(cfg), json.loads(ann_file.read_text())["categories"])
     if split.style != "coco":
         return None
     results = {name: json.loads((artefacts.stage_dir(row["run_root"], "evaluate") / "detections.json").read_text())

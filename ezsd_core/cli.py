@@ -1,4 +1,5 @@
-"""The ``ezsd`` console script: ``run``, ``report``, ``verify``, ``predict``, ``ablate``, ``toyworld``.
+"""The ``ezsd`` console script: ``run``, ``report``, ``verify``, ``predict``, ``ablate``, ``check``, ``export``,
+``toyworld``.
 
 Role: argument parsing and error reporting only. Params problems print one line and exit 2
 before any heavy import (torch is never imported to validate a params file); a failing stage
@@ -51,13 +52,18 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ezsd_core import predict
+    from ezsd_core import export, predict
 
     paths = predict.image_paths(args.images)
-    names = predict.vocabulary(args.names.split(","))  # before loading anything
+    names = export.names_from(args.names, args.names_file)  # before loading anything
     predictor = predict.Predictor.from_run(args.run, device=args.device, score_thresh=args.score_thresh,
-                                           max_detections=args.max_detections, masks=False)  # JSON has none
+                                           max_detections=args.max_detections, masks=False,  # JSON has none
+                                           nms_thresh=args.nms_thresh, templates=args.template)
     results = predictor(paths, names)
+    if args.overlay:
+        for r in results:
+            predict.draw_overlay(r, args.overlay)
+        print(f"{len(results)} overlays -> {args.overlay}", file=sys.stderr)
     payload = [r.to_json() for r in results]
     if args.out:
         artefacts.atomic_write_json(args.out, payload)
@@ -94,6 +100,56 @@ def _ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- issue 11: check, export ------------------------------------------------------------------
+
+
+def _check(args: argparse.Namespace) -> int:
+    from ezsd_core import check
+
+    report = check.check(args.params, data_root=args.data_root, overrides=tuple(args.set or ()),
+                         seconds=args.seconds, measure=not args.no_measure)
+    print(report.text())
+    return 0 if report.ok else 1
+
+
+def _add_check_parser(sub) -> None:
+    c = sub.add_parser("check", help="validate a params file's data layout, time its CLIP, print the plan")
+    c.add_argument("params", type=Path, help="params/<split>.yaml")
+    c.add_argument("--data-root", type=Path, help="replaces common.data_root")
+    c.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override, as for run")
+    c.add_argument("--seconds", type=float, default=3.0, help="measuring time for crops and for prompts")
+    c.add_argument("--no-measure", action="store_true", help="do not build and time the CLIP")
+    c.set_defaults(func=_check)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ezsd_core import export
+
+    names = export.names_from(args.names, args.names_file)
+    out = args.out or args.run / f"detector.{'onnx' if args.format == 'onnx' else 'pt'}"
+    export.export(args.run, names, out, fmt=args.format, templates=args.template, score_thresh=args.score_thresh,
+                  nms_thresh=args.nms_thresh, max_detections=args.max_detections)
+    print(f"{args.format} detector for {len(names)} names -> {out} (names in {out}.names.json)")
+    return 0
+
+
+def _add_export_parser(sub) -> None:
+    e = sub.add_parser("export", help="write a run's detector with a frozen vocabulary as ONNX or TorchScript")
+    e.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")
+    e.add_argument("--names", help="comma-separated category names")
+    e.add_argument("--names-file", type=Path, help="category names, one a line (instead of --names)")
+    e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    e.add_argument("--out", type=Path, help="output file (default: <run>/detector.onnx or .pt)")
+    e.add_argument("--template", action="append", metavar="TEMPLATE", help="prompt template(s), as for predict")
+    e.add_argument("--score-thresh", type=float, default=0.3, help="as evaluate.score_thresh")
+    e.add_argument("--nms-thresh", type=float, default=0.5, help="as evaluate.nms_thresh")
+    e.add_argument("--max-detections", type=int, default=100, help="as evaluate.max_detections")
+    e.set_defaults(func=_export)
+
+
+# --- end issue 11 ------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ezsd`` (subcommands ``run`` and ``toyworld``)."""
     p = argparse.ArgumentParser(prog="ezsd", description="EZSD zero-shot detection pipeline (arXiv 2303.12145)")
@@ -125,13 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="detect any category names on any images with a trained run")
     pr.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")
     pr.add_argument("--images", nargs="+", required=True, help="image files and/or folders")
-    pr.add_argument("--names", required=True, help="comma-separated category names, e.g. 'heart,star,kite'")
+    pr.add_argument("--names", help="comma-separated category names, e.g. 'heart,star,kite'")
+    pr.add_argument("--names-file", type=Path, help="category names, one a line (instead of --names)")
+    pr.add_argument("--template", action="append", metavar="TEMPLATE",
+                    help="prompt template with {} for the name; repeat for an ensemble (embeddings averaged); "
+                         "default: the run's stage-01 templates")
+    pr.add_argument("--overlay", type=Path, metavar="DIR",
+                    help="also write each image with its boxes as DIR/<stem>.png")
     pr.add_argument("--out", type=Path, help="write the detections as JSON here (default: print them)")
     pr.add_argument("--fiftyone", metavar="NAME", help="also save a persistent FiftyOne dataset with this name")
-    pr.add_argument("--score-thresh", type=float, default=0.3)
-    pr.add_argument("--max-detections", type=int, default=100)
+    pr.add_argument("--score-thresh", type=float, default=0.3, help="as evaluate.score_thresh")
+    pr.add_argument("--nms-thresh", type=float, default=None, help="as evaluate.nms_thresh (default: the run's)")
+    pr.add_argument("--max-detections", type=int, default=100, help="as evaluate.max_detections")
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_predict)
+    _add_check_parser(sub)
+    _add_export_parser(sub)
     t = sub.add_parser("toyworld", help="generate the procedural shapes world (images + COCO/LVIS JSON)")
     t.add_argument("out", type=Path, help="output folder, e.g. data/toy")
     t.add_argument("--seed", type=int)

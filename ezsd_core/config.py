@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from ezsd_core import artefacts
+from ezsd_core import artefacts, splits
 
 
 class ConfigError(ValueError):
@@ -48,7 +48,10 @@ class CommonConfig:
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("run_root", "device", "num_workers", "force")
     UPSTREAM: ClassVar[tuple[str, ...]] = ()  # stages whose artefacts this stage reads
 
-    split: str
+    split: str  # a built-in split id (splits.SPLIT_IDS), or the name of the split declared below
+    split_style: str | None = knob(choices=("coco", "lvis"), default=None)  # null: built-in split; else declare one
+    base_names: tuple[str, ...] | str | None = None  # declared split: names, or a names file (rel. to data_root)
+    novel_names: tuple[str, ...] | str | None = None  # declared split: names, or a names file (rel. to data_root)
     data_root: Path
     train_annotations: Path
     val_annotations: Path
@@ -275,7 +278,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key)
+        fitting = [a for a in inner if _fits(a, value)]  # e.g. a list of names, else a names file
+        if not fitting:
+            raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
+        return _coerce(fitting[0], value, key)
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
@@ -293,6 +301,42 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             hint = " (YAML reads an exponent without a dot as a string: write e.g. 1.0e-4)"
         raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}{hint}")
     return float(value) if tp is float else Path(value) if tp is Path else value
+
+
+def _fits(tp: Any, value: Any) -> bool:
+    """Whether ``value`` has the plain shape of ``tp`` (a list for a tuple type, a str for str)."""
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, list | tuple)
+    return isinstance(value, str) if tp is str else True
+
+
+def _validate_split(cfg: CommonConfig) -> None:
+    """A built-in split id with no declaration, or a declared split (style + both name lists)."""
+    declared = (cfg.split_style, cfg.base_names, cfg.novel_names)
+    if cfg.split_style is None:
+        if cfg.base_names is not None or cfg.novel_names is not None:
+            raise ConfigError("split_style: null, but base_names / novel_names are set; set split_style to "
+                              "coco or lvis to declare a split, or both lists to null")
+        if cfg.split not in splits.SPLIT_IDS:
+            raise ConfigError(f"split: unknown split {cfg.split!r}; allowed: {', '.join(splits.SPLIT_IDS)} (or "
+                              f"declare your own with split_style: coco|lvis, base_names and novel_names)")
+        return
+    if any(v is None for v in declared[1:]):
+        missing = "base_names" if cfg.base_names is None else "novel_names"
+        raise ConfigError(f"{missing}: null, but split_style is {cfg.split_style!r}; a declared split needs "
+                          f"base_names and novel_names (a list of names, or a names file)")
+    if cfg.split in splits.SPLIT_IDS:
+        raise ConfigError(f"split: {cfg.split!r} is a built-in split; name the declared split differently "
+                          f"(or set split_style, base_names and novel_names to null)")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.split):
+        raise ConfigError(f"split: got {cfg.split!r}; a declared split's name is a folder name "
+                          f"(letters, digits, '_', '-', '.')")
+    inline = [v for v in (cfg.base_names, cfg.novel_names) if isinstance(v, tuple)]
+    if len(inline) == 2:
+        try:
+            splits.check_names(*inline)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _validate(cfg: CommonConfig) -> None:
@@ -313,6 +357,7 @@ def _validate(cfg: CommonConfig) -> None:
         given = "both are set" if cfg.epochs is not None else "both are null"
         raise ConfigError(f"epochs: give exactly one of epochs and max_steps ({given}: epochs={cfg.epochs!r}, "
                           f"max_steps={cfg.max_steps!r}); set the other to null")
+    _validate_split(cfg)
     if hasattr(cfg, "num_shards") and not 0 <= cfg.shard_index < cfg.num_shards:
         raise ConfigError(f"shard_index: got {cfg.shard_index}; allowed 0..{cfg.num_shards - 1} "
                           f"(num_shards = {cfg.num_shards})")
@@ -322,6 +367,11 @@ def _validate(cfg: CommonConfig) -> None:
     if hasattr(cfg, "clip_pretrained") and (cfg.clip_pretrained == "pretrain_clip") != (cfg.clip_model is None):
         raise ConfigError("clip_model: must be null exactly when clip_pretrained is pretrain_clip "
                           "(the stage-00 manifest names the model)")
+
+
+# Fields added after runs were recorded: a manifest's config (strict=False) may lack them; they then
+# take their defaults (a built-in split). A params file (strict=True) must still give every key.
+ADDED_FIELDS = ("split_style", "base_names", "novel_names")
 
 
 def field_names(cls: type[CommonConfig]) -> list[str]:
@@ -354,13 +404,13 @@ def load_config(cls: type[CommonConfig], values: Mapping[str, Any], *, source: s
                               f"(each knob's name says whose it is); rename it")
         if unknown:
             raise ConfigError(f"{source}: unknown key {where(unknown[0])}; allowed keys: {', '.join(names)}")
-    missing = [n for n in names if n not in values]
+    missing = [n for n in names if n not in values and (strict or n not in ADDED_FIELDS)]
     if missing:
         raise ConfigError(f"{source}: missing key {missing[0]}"
                           f"{' (and ' + str(len(missing) - 1) + ' more)' if len(missing) > 1 else ''}; "
                           f"required keys: {', '.join(names)}")
     try:
-        return cls(**{n: values[n] for n in names})
+        return cls(**{n: values[n] for n in names if n in values})
     except ConfigError as e:
         key, _, rest = str(e).partition(":")
         raise ConfigError(f"{source}: {where(key.split('[')[0]) if origins else key}:{rest}") from None

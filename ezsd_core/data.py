@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ezsd_core import splits
 from ezsd_core.config import CommonConfig
-from ezsd_core.splits import CategorySplit, split_from_categories, split_style
+from ezsd_core.splits import CategorySplit, SplitDef, split_from_categories, split_style
 from ezsd_core.structures import ImageRecord, xywh_to_xyxy
 
 SUBSETS = ("train", "val")
@@ -68,9 +69,14 @@ class _Api:
         self.categories = self.api.dataset["categories"]
 
 
-def read_split(ann_file: Path | str, split_name: str) -> CategorySplit:
-    """The CategorySplit of ``split_name`` built from the categories of ``ann_file``."""
-    return split_from_categories(split_name, json.loads(Path(ann_file).read_text())["categories"])
+def read_split(ann_file: Path | str, split: str | SplitDef) -> CategorySplit:
+    """The CategorySplit of ``split`` (a built-in id or a ``SplitDef``) over the categories of ``ann_file``."""
+    return split_from_categories(split, json.loads(Path(ann_file).read_text())["categories"])
+
+
+def read_config_split(cfg: CommonConfig) -> CategorySplit:
+    """The CategorySplit of a stage config (built-in or declared) over its train annotation file."""
+    return read_split(cfg.data_root / cfg.train_annotations, splits.definition(cfg))
 
 
 def _image_path(img: dict[str, Any], image_dir: Path) -> Path:
@@ -128,7 +134,7 @@ def _rle(api: _Api, ann: dict[str, Any]) -> dict[str, Any]:
     return {"size": list(rle["size"]), "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
-def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *, subset: str,
+def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str | SplitDef, *, subset: str,
                  with_masks: bool = False, vocab: str | None = None, keep_empty: bool | None = None,
                  check_files: bool = True, counts: dict[str, int] | None = None
                  ) -> tuple[CategorySplit, list[ImageRecord]]:
@@ -138,7 +144,7 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
         ann_file: COCO (pycocotools) or LVIS v1 (lvis) JSON; the split id decides which.
         image_dir: folder of the images (COCO ``file_name``); LVIS images resolve through
             ``coco_url`` to ``image_dir.parent/<train2017|val2017>/<file>`` unless ``file_name`` is given.
-        split_name: split id (``splits.SPLIT_IDS``).
+        split_name: a built-in split id (``splits.SPLIT_IDS``) or a ``SplitDef`` (``splits.definition(cfg)``).
         subset: ``train`` keeps base annotations only and drops images without one;
             ``val`` keeps base + novel annotations of every image (images without boxes included).
         with_masks: also return each instance's mask as a COCO RLE dict.
@@ -194,7 +200,7 @@ def read_records(ann_file: Path | str, image_dir: Path | str, split_name: str, *
     _warn_once(ann_file, subset, fired, missing_example)
     if counts is not None:
         counts.update(fired)
-    log.info("%s %s: %d images, %d boxes", split_name, subset, len(records),
+    log.info("%s %s: %d images, %d boxes", split.name, subset, len(records),
              sum(len(r.gt_boxes) for r in records))
     return split, records
 
@@ -252,7 +258,8 @@ def read_config_records(cfg: CommonConfig, subset: str, **options) -> tuple[Cate
     (``counts=`` included) pass on."""
     ann = cfg.train_annotations if subset == "train" else cfg.val_annotations
     images = cfg.train_images if subset == "train" else cfg.val_images
-    return read_records(cfg.data_root / ann, cfg.data_root / images, cfg.split, subset=subset, **options)
+    return read_records(cfg.data_root / ann, cfg.data_root / images, splits.definition(cfg), subset=subset,
+                        **options)
 
 
 def input_counts(cfg: CommonConfig, subsets: tuple[str, ...] = ("train", "val"), **options) -> dict[str, int]:

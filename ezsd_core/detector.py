@@ -277,7 +277,7 @@ class EzsdRoIHeads(RoIHeads):
         cls_f, reg_f = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         probs = self.box_predictor.probabilities(self.box_predictor.classify(self.box_predictor.embed(cls_f)))
         deltas = self.box_predictor.box_deltas(reg_f, probs.argmax(1))
-        boxes = self.box_coder.decode(deltas, proposals)[:, 0]
+        boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)  # (P, 1, 4), or (0, 4) for no proposal
         results = []
         for b, p, shape in zip(boxes.split(counts), probs.split(counts), image_shapes):
             b = clip_boxes_to_image(b, shape)

@@ -8,7 +8,7 @@ output it lists is the recorded file: same size and mtime (fast path), else the 
 take their inputs from the upstream manifest's ``outputs`` (``upstream_outputs``), never from a glob,
 so files no manifest lists (stale shards of another ``num_shards``) are ignored; ``verify_run``
 hashes everything and reports them. Reads: ``runs/<split>/<NN_stage>/manifest.json`` and outputs.
-Layer 0: standard library only; imports artefacts and config.
+Layer 0: standard library only; imports artefacts, config and splits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ezsd_core import artefacts, config
+from ezsd_core import artefacts, config, splits
 from ezsd_core.artefacts import MANIFEST, StageResult
 from ezsd_core.config import CommonConfig
 
@@ -48,11 +48,13 @@ def file_fingerprint(path: Path | str) -> str:
 
 
 def data_fingerprint(cfg: CommonConfig) -> str:
-    """Hash of the annotation files (and the toy world's ``world.json``): data a stage's output depends on.
+    """Hash of the annotation files (and the toy world's ``world.json``, and a declared split's names
+    files): data a stage's output depends on.
 
     Images are not hashed (too many); they are assumed to change only with their annotation file.
     """
-    files = [cfg.data_root / cfg.train_annotations, cfg.data_root / cfg.val_annotations, cfg.data_root / "world.json"]
+    files = [cfg.data_root / cfg.train_annotations, cfg.data_root / cfg.val_annotations, cfg.data_root / "world.json",
+             *splits.names_files(cfg)]
     return artefacts.hash_json({f.name: file_fingerprint(f) for f in files if f.exists()})
 
 

@@ -94,8 +94,13 @@ class Predictor:
 
     @classmethod
     def from_run(cls, run_dir: Path | str, *, device: str = "cpu", score_thresh: float = 0.3,
-                 max_detections: int = 100, masks: bool = False) -> Predictor:
+                 max_detections: int = 100, masks: bool = False, nms_thresh: float | None = None,
+                 templates: Sequence[str] | None = None) -> Predictor:
         """Load a run's detector (stage 04) and tuned CLIP (stage 01).
+
+        ``score_thresh``, ``nms_thresh`` (per-class NMS IoU; None: the trained spec's) and
+        ``max_detections`` mean what stage 05's knobs of the same names mean. ``templates``: prompt
+        templates whose embeddings are averaged per name (a prompt ensemble; None: the run's own).
 
         Masks only when asked: ``masks=True`` also pastes (P, H, W) masks at the image's full size (a
         3000 x 3000 image needs ~3.6 GB for 100 float masks); the default keeps memory bounded by the
@@ -107,10 +112,12 @@ class Predictor:
         run_dir = Path(run_dir)
         dev = runtime.resolve_device(device)
         model, _ = trained.load_trained_detector(run_dir, dev, box_score_thresh=score_thresh,
-                                                 box_detections_per_img=max_detections)
+                                                 box_nms_thresh=nms_thresh, box_detections_per_img=max_detections)
         finetune = artefacts.require_complete(run_dir, "finetune_clip")
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
-        templates = load_config(FinetuneClipConfig, finetune["config"]).prompt_templates
+        templates = tuple(templates or load_config(FinetuneClipConfig, finetune["config"]).prompt_templates)
+        if bad := [t for t in templates if "{}" not in t]:
+            raise ValueError(f"templates: {bad[0]!r} has no '{{}}' for the name, e.g. 'a photo of a {{}}'")
         return cls(model, text_model, templates, dev, masks=masks)
 
     @torch.no_grad()
@@ -136,3 +143,35 @@ class Predictor:
                                   masks=None if masks is None else masks[:, 0].cpu() > 0.5))
         return out
 
+
+
+def names_file(path: Path | str) -> list[str]:
+    """Category names from a text file, one a line (blank and ``#`` lines skipped), checked by ``vocabulary``.
+
+    Raises:
+        ValueError: an unreadable file, no name, or a name twice (one line).
+    """
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f"names-file: cannot read {path} ({e.strerror or e})") from None
+    return vocabulary([x for x in lines if not x.lstrip().startswith("#")])
+
+
+def draw_overlay(prediction: Prediction, out_dir: Path | str) -> Path:
+    """Write ``<out_dir>/<image stem>.png``: the image with each box drawn and labelled ``name score``.
+
+    Boxes are XYXY absolute pixels of the image (``Prediction.boxes``). Returns the PNG's path.
+    """
+    from PIL import Image, ImageDraw
+
+    out = Path(out_dir) / f"{Path(prediction.image).stem}.png"
+    with Image.open(prediction.image) as im:
+        canvas = im.convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    for box, score, name in zip(prediction.boxes.tolist(), prediction.scores.tolist(), prediction.names):
+        draw.rectangle(box, outline=(255, 40, 40), width=max(1, round(min(canvas.size) / 200)))
+        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=(255, 255, 0))
+    with artefacts.atomic_path(out) as tmp:
+        canvas.save(tmp, format="PNG")
+    return out

@@ -1,22 +1,28 @@
-"""Category splits as data: which categories are base, novel or neither, for every split id.
+"""Category splits as data: which categories are base, novel or neither, for every split.
 
-Role: one ``CategorySplit`` maps dataset category ids <-> contiguous labels <-> prompt names <->
-base/novel for a split (DESIGN.md II.8). COCO settings come from the fixed lists in
-``resources/splits.json`` (arXiv 2303.12145 settings); LVIS settings derive frequent/common/rare
-from each category's ``frequency`` in the annotation file; toy splits use ``TOY_NOVEL`` and ``TOY_OTHER``.
-Reads: ``resources/splits.json``. Layer 0: standard library only.
+Role: one registry of ``SplitDef`` entries (DESIGN.md decision 8) and one ``CategorySplit`` per
+(definition, annotation file) that maps dataset category ids <-> contiguous labels <-> prompt names
+<-> base/novel. Built-in entries: the toy splits (``TOY_NOVEL`` / ``TOY_OTHER`` by name), the COCO
+settings (fixed name lists of ``resources/splits.json``, arXiv 2303.12145) and the LVIS settings
+(roles from each category's ``frequency``). A params file declares its own split with
+``split_style`` (coco|lvis), ``base_names`` and ``novel_names`` (inline lists or a text file, one
+name a line, relative to ``data_root``): ``declared_split`` builds that entry; names of the file in
+neither list are ``other`` (they score proposals only, as COCO's unused 15).
+Reads: ``resources/splits.json`` and names files. Layer 0: standard library only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-SPLIT_IDS = ("smoke", "toy_coco", "toy_lvis", "coco_48_17", "coco_60_20", "lvis_866_337", "lvis_405_798")
+SPLIT_IDS = ("smoke", "toy_coco", "toy_lvis", "coco_48_17", "coco_60_20", "lvis_866_337", "lvis_405_798")  # built-in
+STYLES = ("coco", "lvis")
 VOCABS = ("base", "novel", "all", "proposal")
 ROLES = ("base", "novel", "other")
 # Novel categories of the toy COCO split = rare categories of the toy LVIS world (by construction).
@@ -26,15 +32,13 @@ TOY_OTHER = ("clover", "crown", "bone", "keyhole", "wave")
 LVIS_JSON_TO_PROMPT = {"speaker_(stero_equipment)": "speaker_(stereo_equipment)"}
 
 
-def split_style(name: str) -> str:
+def split_style(split: str | SplitDef) -> str:
     """``"lvis"`` for LVIS-style splits (LVIS JSON, Seesaw, RFS, LVIS eval), else ``"coco"``.
 
     Raises:
         ValueError: for an unknown split id.
     """
-    if name not in SPLIT_IDS:
-        raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLIT_IDS)}")
-    return "lvis" if name in ("toy_lvis", "lvis_866_337", "lvis_405_798") else "coco"
+    return resolve(split).style
 
 
 @cache
@@ -110,31 +114,201 @@ def _from_roles(name: str, style: str, cats: Sequence[Mapping[str, Any]], roles:
                          in_proposal=tuple(in_proposal), frequency=freq)
 
 
-def _coco_split(name: str, cats: list[dict], base: Iterable[str], novel: Iterable[str]) -> CategorySplit:
-    ref = reference_lists()["coco80_names_in_id_order"]
-    got = [c["name"] for c in cats]
-    if sorted(got) != sorted(ref):
-        missing = sorted(set(ref) - set(got))[:3]
-        raise ValueError(f"split {name} needs the 80 COCO categories; the annotation file differs "
-                         f"(e.g. missing {missing})")
-    base, novel = set(base), set(novel)
-    roles = ["base" if n in base else "novel" if n in novel else "other" for n in got]
-    return _from_roles(name, "coco", cats, roles, [True] * len(cats))
+@dataclass(frozen=True)
+class SplitDef:
+    """One registry entry: how the categories of an annotation file get their roles.
+
+    Attributes:
+        name: split id (the run folder's name too).
+        style: ``coco`` (pycocotools, softmax CE, COCO AP) or ``lvis`` (lvis API, Seesaw, RFS, LVIS AP).
+        base, novel: category names (JSON names or prompt names); ``base=None`` means every name that
+            is neither novel nor in ``other`` (the toy splits). Unused by tier rules.
+        other: names that are neither base nor novel (proposal vocabulary only).
+        exact_names: when set, the annotation file must declare exactly these names (COCO's 80).
+        novel_tiers, proposal_tiers: for tier rules (``by_tier``), the LVIS ``frequency`` letters that
+            are novel / that score proposals; base is every other tier.
+        by_tier: roles from LVIS ``frequency`` instead of names.
+        source: ``built-in``, or ``params`` for a declared split (then every listed name must be a
+            category of the annotation file).
+    """
+
+    name: str
+    style: str
+    base: tuple[str, ...] | None = None
+    novel: tuple[str, ...] = ()
+    other: tuple[str, ...] = ()
+    exact_names: tuple[str, ...] | None = None
+    by_tier: bool = False
+    novel_tiers: str = ""
+    proposal_tiers: str = "fcr"
+    source: str = "built-in"
+
+    def build(self, categories: Sequence[Mapping[str, Any]]) -> CategorySplit:
+        """The CategorySplit of this definition over an annotation file's ``categories``.
+
+        Args:
+            categories: COCO/LVIS category dicts (``id``, ``name``; LVIS also ``frequency``).
+
+        Returns:
+            The split; every vocabulary is in ascending dataset-id order.
+
+        Raises:
+            ValueError: one line when the categories do not fit the definition (missing names,
+                LVIS categories without ``frequency``).
+        """
+        cats = sorted((dict(c) for c in categories), key=lambda c: c["id"])
+        if self.style == "lvis" and any(c.get("frequency") not in ("f", "c", "r") for c in cats):
+            raise ValueError(f"split {self.name}: every LVIS category needs 'frequency' in f/c/r")
+        json_names = [c["name"] for c in cats]
+        names = [LVIS_JSON_TO_PROMPT.get(n, n) for n in json_names] if self.style == "lvis" else json_names
+        if self.exact_names is not None and sorted(json_names) != sorted(self.exact_names):
+            missing = sorted(set(self.exact_names) - set(json_names))[:3]
+            raise ValueError(f"split {self.name} needs the {len(self.exact_names)} COCO categories; the annotation "
+                             f"file differs (e.g. missing {missing})")
+        if self.by_tier:
+            roles = ["novel" if c["frequency"] in self.novel_tiers else "base" for c in cats]
+            return _from_roles(self.name, "lvis", cats, roles,
+                               [c["frequency"] in self.proposal_tiers for c in cats], names)
+        known = set(json_names) | set(names)
+        for key, listed in (("base_names", self.base or ()), ("novel_names", self.novel)) * (self.source == "params"):
+            absent = [n for n in listed if n not in known]
+            if absent:
+                shown = ", ".join(map(repr, absent[:5])) + (f" (and {len(absent) - 5} more)" if len(absent) > 5 else "")
+                raise ValueError(f"{key}: {shown} not among the {len(known)} category names of the annotation file "
+                                 f"(split {self.name})")
+        novel, other = set(self.novel), set(self.other)
+        base = None if self.base is None else set(self.base)
+
+        def role(json_name: str, name: str) -> str:
+            if {json_name, name} & novel:
+                return "novel"
+            if {json_name, name} & other:
+                return "other"
+            return "base" if base is None or {json_name, name} & base else "other"
+
+        roles = [role(j, n) for j, n in zip(json_names, names)]
+        return _from_roles(self.name, self.style, cats, roles, [True] * len(cats), names)
 
 
-def _lvis_split(name: str, cats: list[dict], novel_tiers: str, proposal_tiers: str) -> CategorySplit:
-    if any(c.get("frequency") not in ("f", "c", "r") for c in cats):
-        raise ValueError(f"split {name}: every LVIS category needs 'frequency' in f/c/r")
-    names = [LVIS_JSON_TO_PROMPT.get(c["name"], c["name"]) for c in cats]
-    roles = ["novel" if c["frequency"] in novel_tiers else "base" for c in cats]
-    return _from_roles(name, "lvis", cats, roles, [c["frequency"] in proposal_tiers for c in cats], names)
+@cache
+def registry() -> dict[str, SplitDef]:
+    """The built-in splits by id (``SPLIT_IDS``): toy, COCO 48/17 and 60/20, LVIS 866/337 and 405/798."""
+    ref = reference_lists()
+    coco80 = tuple(ref["coco80_names_in_id_order"])
+    toy = dict(novel=TOY_NOVEL, other=TOY_OTHER)
+    entries = [
+        SplitDef("smoke", "coco", **toy),
+        SplitDef("toy_coco", "coco", **toy),
+        # base = frequent + common, novel = rare; all names propose
+        SplitDef("toy_lvis", "lvis", by_tier=True, novel_tiers="r", proposal_tiers="fcr"),
+        SplitDef("coco_48_17", "coco", base=tuple(ref["coco_zeroshot_base48"]),
+                 novel=tuple(ref["coco_zeroshot_novel17"]), exact_names=coco80),
+        SplitDef("coco_60_20", "coco", base=tuple(ref["coco_fewshot_base60"]),
+                 novel=tuple(ref["coco_fewshot_novel20"]), exact_names=coco80),
+        SplitDef("lvis_866_337", "lvis", by_tier=True, novel_tiers="r", proposal_tiers="fcr"),
+        # base = frequent, novel = common + rare; rare names never propose (spec §3)
+        SplitDef("lvis_405_798", "lvis", by_tier=True, novel_tiers="cr", proposal_tiers="fc"),
+    ]
+    assert tuple(e.name for e in entries) == SPLIT_IDS
+    return {e.name: e for e in entries}
 
 
-def split_from_categories(name: str, categories: Sequence[Mapping[str, Any]]) -> CategorySplit:
+def resolve(split: str | SplitDef) -> SplitDef:
+    """A definition as it is, or the built-in entry of a split id.
+
+    Raises:
+        ValueError: an unknown split id (one line with the allowed ids).
+    """
+    if isinstance(split, SplitDef):
+        return split
+    if split not in registry():
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLIT_IDS)} (or declare your own in the "
+                         f"params file with split_style, base_names and novel_names)")
+    return registry()[split]
+
+
+def read_names_file(path: Path | str, key: str) -> tuple[str, ...]:
+    """Category names from a text file: one a line; blank lines and lines starting with ``#`` skipped.
+
+    Raises:
+        ValueError: a missing or unreadable file, named with its parameter ``key``.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ValueError(f"{key}: cannot read names file {path} ({e.strerror or e})") from None
+    return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+
+
+def check_names(base: Sequence[str], novel: Sequence[str]) -> None:
+    """Check declared base / novel name lists: non-empty, no name twice, no name in both.
+
+    Raises:
+        ValueError: one line naming the parameter (``base_names`` / ``novel_names``) and the names.
+    """
+    for key, names in (("base_names", base), ("novel_names", novel)):
+        if not names:
+            raise ValueError(f"{key}: empty; a declared split needs at least one name in each of base_names "
+                             f"and novel_names")
+        twice = sorted({n for n in names if list(names).count(n) > 1})
+        if twice:
+            raise ValueError(f"{key}: {', '.join(map(repr, twice[:5]))} listed twice")
+    both = sorted(set(base) & set(novel))
+    if both:
+        raise ValueError(f"base_names / novel_names: {', '.join(map(repr, both[:5]))} in both "
+                         f"({len(both)} overlapping); a category is base or novel, not both")
+
+
+def declared_split(name: str, style: str, base_names: Sequence[str] | str | Path,
+                   novel_names: Sequence[str] | str | Path, *, root: Path | str = ".") -> SplitDef:
+    """The registry entry of a split a params file declares.
+
+    Args:
+        name: the split id (must not be a built-in one).
+        style: ``coco`` or ``lvis`` (the annotation format and the loss / metric family).
+        base_names, novel_names: a list of category names, or a text file (one name a line) relative
+            to ``root`` (the params' ``data_root``).
+
+    Raises:
+        ValueError: a built-in id, an unknown style, an unreadable names file, an empty list, a name
+            listed twice or in both lists (one line each).
+    """
+    if name in SPLIT_IDS:
+        raise ValueError(f"split: {name!r} is a built-in split; name a declared split differently "
+                         f"(or set split_style, base_names and novel_names to null)")
+    if style not in STYLES:
+        raise ValueError(f"split_style: got {style!r}; allowed: {', '.join(STYLES)}")
+    lists = []
+    for key, value in (("base_names", base_names), ("novel_names", novel_names)):
+        if isinstance(value, str | Path):
+            lists.append(read_names_file(Path(root) / value, key))
+        else:
+            lists.append(tuple(value))
+    check_names(*lists)
+    return SplitDef(name, style, base=lists[0], novel=lists[1], source="params")
+
+
+def definition(cfg: Any) -> SplitDef:
+    """The split definition of a config (anything with ``split``, ``split_style``, ``base_names``,
+    ``novel_names`` and ``data_root``): the built-in entry, or the one the params declare."""
+    style = getattr(cfg, "split_style", None)
+    if style is None:
+        return resolve(cfg.split)
+    return declared_split(cfg.split, style, cfg.base_names, cfg.novel_names, root=cfg.data_root)
+
+
+def names_files(cfg: Any) -> list[Path]:
+    """The names files a config's declared split reads (``[]`` for built-in splits and inline lists)."""
+    if getattr(cfg, "split_style", None) is None:
+        return []
+    return [Path(cfg.data_root) / v for v in (cfg.base_names, cfg.novel_names) if isinstance(v, str | Path)]
+
+
+def split_from_categories(split: str | SplitDef, categories: Sequence[Mapping[str, Any]]) -> CategorySplit:
     """Build a split from the ``categories`` list of its annotation file.
 
     Args:
-        name: one of SPLIT_IDS.
+        split: a built-in split id (``SPLIT_IDS``) or a ``SplitDef`` (``definition(cfg)``).
         categories: COCO/LVIS category dicts (``id``, ``name``; LVIS also ``frequency``).
 
     Returns:
@@ -143,17 +317,4 @@ def split_from_categories(name: str, categories: Sequence[Mapping[str, Any]]) ->
     Raises:
         ValueError: unknown split id, or categories that do not fit the split.
     """
-    cats = sorted((dict(c) for c in categories), key=lambda c: c["id"])
-    ref = reference_lists()
-    if name in ("smoke", "toy_coco"):
-        roles = ["novel" if c["name"] in TOY_NOVEL else "other" if c["name"] in TOY_OTHER else "base" for c in cats]
-        return _from_roles(name, "coco", cats, roles, [True] * len(cats))
-    if name == "coco_48_17":
-        return _coco_split(name, cats, ref["coco_zeroshot_base48"], ref["coco_zeroshot_novel17"])
-    if name == "coco_60_20":
-        return _coco_split(name, cats, ref["coco_fewshot_base60"], ref["coco_fewshot_novel20"])
-    if name in ("toy_lvis", "lvis_866_337"):  # base = frequent + common, novel = rare; all names propose
-        return _lvis_split(name, cats, novel_tiers="r", proposal_tiers="fcr")
-    if name == "lvis_405_798":  # base = frequent, novel = common + rare; rare names never propose (spec §3)
-        return _lvis_split(name, cats, novel_tiers="cr", proposal_tiers="fc")
-    raise ValueError(f"unknown split {name!r}; allowed: {', '.join(SPLIT_IDS)}")
+    return resolve(split).build(categories)

@@ -183,13 +183,20 @@ def base_clip(cfg: FinetuneClipConfig, device: torch.device) -> tuple[clip.Clip,
     return model, {"model_name": name, "pretrained": weights}
 
 
-def _text_embeds(model: clip.Clip, split: CategorySplit, templates: tuple[str, ...]) -> dict[str, Tensor]:
+@torch.no_grad()
+def category_embeds(model: clip.Clip, split: CategorySplit, templates: tuple[str, ...]) -> Tensor:
+    """(C, D) unit text embeddings of every category of the split, in ``split.category_ids`` order: one
+    encoding per name, which every vocabulary's rows are taken from (LVIS: 1203 prompts, not 3 x 1203)."""
+    return clip.encode_texts(model, split.names, templates).cpu()
+
+
+def _text_embeds(split: CategorySplit, every: Tensor) -> dict[str, Tensor]:
     out = {}
-    with torch.no_grad():
-        for vocab in ("base", "novel", "all", "proposal"):
-            names = split.prompt_names(vocab)
-            out[vocab] = clip.encode_texts(model, names, templates).cpu().contiguous() if names else torch.zeros(0, 0)
-            out[f"{vocab}_category_ids"] = torch.tensor(split.ids(vocab), dtype=torch.int64)
+    row = {cid: k for k, cid in enumerate(split.category_ids)}
+    for vocab in ("base", "novel", "all", "proposal"):
+        ids = split.ids(vocab)
+        out[vocab] = every[[row[c] for c in ids]].contiguous() if ids else torch.zeros(0, 0)
+        out[f"{vocab}_category_ids"] = torch.tensor(ids, dtype=torch.int64)
     return out
 
 
@@ -215,21 +222,21 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
     train_loader = _loader(make(train_records, label("base")), cfg.batch_size, cfg.num_workers, True, cfg.seed)
     val_loader = _loader(make(val_records, label("all")), 16, cfg.num_workers, False, cfg.seed)
     novel_class = torch.tensor([split.role_of(c) == "novel" for c in split.ids("all")])
-    all_names = split.prompt_names("all")
-    measure = lambda: evaluate(model, val_loader, clip.encode_texts(model, all_names, cfg.prompt_templates),
-                               novel_class, device)
-    with torch.no_grad():
-        before = measure()
+    all_rows = [split.category_ids.index(c) for c in split.ids("all")]
+    measure = lambda every: evaluate(model, val_loader, every[all_rows].to(device), novel_class, device)
+    every = category_embeds(model, split, cfg.prompt_templates)
+    before = measure(every)
     t0 = time.perf_counter()
     rows = train(model, train_loader, split.prompt_names("base"), cfg, device)
     seconds = time.perf_counter() - t0
-    with torch.no_grad():
-        after = measure()
+    if cfg.epochs and len(train_loader):  # tuned: the text tower may have changed
+        every = category_embeds(model, split, cfg.prompt_templates)
+    after = measure(every)
     out.mkdir(parents=True, exist_ok=True)
     tuned = {k: v.detach().cpu().contiguous() for k, v in clip.layernorm_parameters(model.model, cfg.towers).items()}
     shards.save_tensors(out / "clip_ln.safetensors", tuned,
                         {"clip_model": record["model_name"], "towers": ",".join(cfg.towers)})
-    shards.save_tensors(out / "text_embeds.safetensors", _text_embeds(model, split, cfg.prompt_templates),
+    shards.save_tensors(out / "text_embeds.safetensors", _text_embeds(split, every),
                         {"templates": json.dumps(list(cfg.prompt_templates)), "normalized": "true"})
     artefacts.atomic_write_bytes(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
     metrics = {**{f"before/{k}": round(v, 4) for k, v in before.items()},

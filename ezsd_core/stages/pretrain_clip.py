@@ -313,7 +313,7 @@ def recipe(cfg: PretrainClipConfig) -> dict[str, dict]:
     world = json.loads((cfg.data_root / "world.json").read_text())
     common = {"seed": cfg.seed, "pictures": {k: world["spec"].get(k) for k in PICTURE_SPEC},
               "categories": world["categories"], "iconic_version": world["iconic_version"]}
-    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
+    base = data.read_config_split(cfg).prompt_names("base")
     teacher_knobs = sorted(own - {"backbone_steps", "backbone_lr"})
     # recorded under the names the shipped teacher's recipe hash was taken with (max_steps was num_steps)
     named = lambda k: RECIPE_NAMES.get(k, k)
@@ -348,7 +348,7 @@ def _use_shipped(cfg: PretrainClipConfig, hashes: dict[str, str], out: Path) -> 
 
 def _backbone_pictures(cfg: PretrainClipConfig, subset: str) -> tuple[Tensor, Tensor]:
     """Web and iconic pictures of ``subset`` whose subject is a base category, at 64 px, and their labels."""
-    base = data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).prompt_names("base")
+    base = data.read_config_split(cfg).prompt_names("base")
     label = {toyworld.CATEGORY_NAMES.index(n): k for k, n in enumerate(base)}
     images, labels = [], []
     for kind in toyworld.PICTURE_KINDS:

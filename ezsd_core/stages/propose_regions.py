@@ -201,7 +201,7 @@ def scoring_clip(cfg: ProposeRegionsConfig, device: torch.device) -> tuple[clip.
         record, ft = artefacts.read_manifest(folder)["clip"], artefacts.read_manifest(folder)["config"]
         model = clip.build_clip(record["model_name"], record["pretrained"],
                                 allow_random_init=record["pretrained"] is None, device=device)
-        names = [data.read_split(cfg.data_root / cfg.train_annotations, cfg.split).name_of(int(c))
+        names = [data.read_config_split(cfg).name_of(int(c))
                  for c in text["proposal_category_ids"]]
         with torch.no_grad():
             text["proposal"] = clip.encode_texts(model, names, ft["prompt_templates"])

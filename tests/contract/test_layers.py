@@ -31,10 +31,15 @@ ALLOWED: dict[str, set[str]] = {
     "report": LAYER0 | LAYER1,
     "viz": LAYER0 | LAYER1,
     "predict": LAYER0 | LAYER1 | LAYER2,
+    # ezsd check: reads the data like data.py (without its torch readers) and times CLIP (layer 2)
+    "check": LAYER0 | LAYER1 | LAYER2,
+    # ezsd export: the detector of predict.Predictor.from_run, traced to ONNX / TorchScript
+    "export": LAYER0 | LAYER1 | LAYER2 | {"predict"},
     "distributed": LAYER0 | {"pipeline"},
     # bootstrap: the ablation's intervals span four runs, so no stage can own them (lazy import)
     "ablation": LAYER0 | {"pipeline", "report", "bootstrap", "data"},
-    "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed", "viz", "ablation"},
+    "cli": LAYER0 | LAYER1 | {"pipeline", "report", "predict", "distributed", "viz", "ablation", "check",
+                                   "export"},
     "__init__": set(),
 }
 NO_TORCH = ("torch", "torchvision", "open_clip", "timm", "safetensors")

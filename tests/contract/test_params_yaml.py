@@ -12,13 +12,14 @@ import yaml
 from ezsd_core import config, splits
 
 PARAMS = sorted((Path(__file__).resolve().parents[2] / "params").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "params/examples").glob("*.yaml"))  # declared splits
 
 
 def test_one_params_file_per_split() -> None:
     assert {p.stem for p in PARAMS} == set(splits.SPLIT_IDS)
 
 
-@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in PARAMS])
+@pytest.mark.parametrize("path", PARAMS + EXAMPLES, ids=[p.stem for p in PARAMS + EXAMPLES])
 def test_params_validate_for_every_stage(path: Path) -> None:
     doc = config.read_params(path)
     assert doc["common"]["split"] == path.stem
@@ -32,7 +33,14 @@ def test_params_validate_for_every_stage(path: Path) -> None:
         assert isinstance(cfg, cls)
 
 
-@pytest.mark.parametrize("path", PARAMS, ids=[p.stem for p in PARAMS])
+def test_examples_declare_their_own_split() -> None:
+    assert EXAMPLES, "params/examples holds the declared-split example of the README"
+    for path in EXAMPLES:
+        common = config.read_params(path)["common"]
+        assert common["split"] not in splits.SPLIT_IDS and common["split_style"] in splits.STYLES
+
+
+@pytest.mark.parametrize("path", PARAMS + EXAMPLES, ids=[p.stem for p in PARAMS + EXAMPLES])
 def test_params_have_no_yaml_traps(path: Path) -> None:
     for n, line in enumerate(path.read_text().splitlines(), 1):
         value = line.split("#", 1)[0].partition(":")[2].strip()

@@ -73,7 +73,8 @@ def test_the_metric_counts_the_boxes_the_reader_kept(dirty_world: Path, tmp_path
                 "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]}
                for r in records for b, c in zip(r.gt_boxes.tolist(), r.gt_category_ids.tolist())]
     cfg = load_config(EvaluateConfig, {
-        "split": "smoke", "data_root": dirty_world, "train_annotations": ANN.format("train"),
+        "split": "smoke", "split_style": None, "base_names": None, "novel_names": None,
+        "data_root": dirty_world, "train_annotations": ANN.format("train"),
         "val_annotations": ANN.format("val"), "train_images": "coco/train", "val_images": "coco/val",
         "run_root": tmp_path, "seed": 0, "device": "cpu", "num_workers": 0, "force": False, "batch_size": 8,
         "vocabulary": "all", "box_score_thresh": 0.0, "box_nms_thresh": 0.5,

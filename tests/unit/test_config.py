@@ -8,7 +8,8 @@ import yaml
 from ezsd_core import config
 from ezsd_core.config import ConfigError
 
-COMMON = {"split": "smoke", "data_root": "data/smoke", "train_annotations": "coco/annotations/instances_train.json",
+COMMON = {"split": "smoke", "split_style": None, "base_names": None, "novel_names": None,
+          "data_root": "data/smoke", "train_annotations": "coco/annotations/instances_train.json",
           "val_annotations": "coco/annotations/instances_val.json", "train_images": "coco/train",
           "val_images": "coco/val", "run_root": "runs/smoke", "seed": 0, "device": "cpu", "num_workers": 0,
           "force": False}
@@ -120,3 +121,39 @@ def test_near_twin_knobs_of_different_stages_no_longer_share_a_name() -> None:
     assert {"rpn_anchor_sizes", "rpn_anchor_ratios"} <= fields["train_detector"]
     assert {"box_score_thresh", "box_nms_thresh", "box_detections_per_img"} <= fields["evaluate"]
     assert "max_steps" in fields["pretrain_clip"] and "max_steps" in fields["train_detector"]
+
+
+@pytest.mark.parametrize("common,fragment", [
+    ({"split": "coco_50_15"}, "common.split: unknown split 'coco_50_15'; allowed: smoke, toy_coco"),
+    ({"base_names": ["a"]}, "common.split_style: null, but base_names / novel_names are set"),
+    ({"split": "photos", "split_style": "coco", "base_names": ["a"]}, "common.novel_names: null, but split_style"),
+    ({"split": "photos", "split_style": "voc", "base_names": ["a"], "novel_names": ["b"]},
+     "common.split_style: got 'voc'; allowed: 'coco', 'lvis'"),
+    ({"split": "smoke", "split_style": "coco", "base_names": ["a"], "novel_names": ["b"]},
+     "common.split: 'smoke' is a built-in split"),
+    ({"split": "photos", "split_style": "coco", "base_names": ["a", "b"], "novel_names": ["b"]},
+     "base_names / novel_names: 'b' in both"),
+    ({"split": "photos", "split_style": "coco", "base_names": 3, "novel_names": ["b"]},
+     "common.base_names: expected a list of a string or a string or null, got 3"),
+])
+def test_split_declaration_errors_are_one_line(common: dict, fragment: str) -> None:
+    doc = {"common": {**COMMON, **common}, "pretrain_clip": dict(STAGE)}
+    with pytest.raises(ConfigError) as e:
+        _cfg(doc)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_declared_split_takes_lists_or_a_names_file() -> None:
+    decl = {"split": "photos", "split_style": "lvis", "base_names": ["a", "b"], "novel_names": "novel.txt"}
+    cfg = _cfg({"common": {**COMMON, **decl}, "pretrain_clip": dict(STAGE)})
+    assert cfg.base_names == ("a", "b") and cfg.novel_names == "novel.txt" and cfg.split_style == "lvis"
+
+
+def test_a_config_recorded_before_declared_splits_still_loads() -> None:
+    """Manifests written before split_style / base_names / novel_names existed load with a built-in split;
+    a params file must still give every key."""
+    old = {k: v for k, v in {**COMMON, **STAGE}.items() if k not in config.ADDED_FIELDS}
+    cfg = config.load_config(config.PretrainClipConfig, old)
+    assert cfg.split == "smoke" and cfg.split_style is None and cfg.base_names is None
+    with pytest.raises(ConfigError, match="missing key split_style"):
+        config.load_config(config.PretrainClipConfig, old, strict=True)

@@ -147,3 +147,13 @@ def test_a_detector_with_the_references_roi_align_trains_and_detects() -> None:
     images, targets, distill = _batch(2)
     out = model.train()(images, targets, distill, return_detections=True)
     assert all(torch.isfinite(v) for v in out.losses.values()) and len(out.detections) == 1
+
+
+def test_detection_without_any_proposal_gives_empty_results(model) -> None:
+    """A batch whose RPN proposes nothing (a random-init backbone on a tiny image can) detects nothing
+    instead of crashing in the box decoder (torchvision returns (0, 4), not (0, 1, 4), for no boxes)."""
+    model.eval()
+    images, _, _ = _batch(0)
+    feats = model.backbone(torch.rand(1, 3, 64, 64))
+    out = model.roi_heads._detect(feats, [torch.zeros(0, 4)], [(64, 64)])
+    assert len(out) == 1 and out[0]["boxes"].shape == (0, 4) and out[0]["scores"].numel() == 0

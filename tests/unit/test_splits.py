@@ -58,3 +58,79 @@ def test_bad_inputs_are_explained() -> None:
         splits.split_from_categories("coco_48_17", coco_categories()[:70])
     with pytest.raises(ValueError, match="needs 'frequency'"):
         splits.split_from_categories("lvis_866_337", coco_categories())
+
+
+# ---------------------------------------------------------------------------------------------
+# declared splits (issue 11 §2)
+
+CATS = [{"id": 11, "name": "astronaut"}, {"id": 12, "name": "rocket"}, {"id": 13, "name": "tabby cat"},
+        {"id": 14, "name": "flag"}, {"id": 15, "name": "color wheel"}]
+
+
+def test_builtin_splits_are_registry_entries() -> None:
+    assert tuple(splits.registry()) == splits.SPLIT_IDS
+    assert {s: splits.split_style(s) for s in splits.SPLIT_IDS} == {
+        "smoke": "coco", "toy_coco": "coco", "toy_lvis": "lvis", "coco_48_17": "coco", "coco_60_20": "coco",
+        "lvis_866_337": "lvis", "lvis_405_798": "lvis"}
+
+
+def test_declared_split_from_inline_lists_and_a_names_file(tmp_path) -> None:
+    (tmp_path / "novel.txt").write_text("# novel\nflag\n\n color wheel \n")
+    d = splits.declared_split("photos", "coco", ["astronaut", "rocket"], "novel.txt", root=tmp_path)
+    s = splits.split_from_categories(d, CATS)
+    assert s.prompt_names("base") == ("astronaut", "rocket") and s.ids("novel") == (14, 15)
+    assert s.role_of(13) == "other" and s.ids("all") == (11, 12, 14, 15), "a name in neither list is 'other'"
+    assert s.ids("proposal") == (11, 12, 13, 14, 15) and s.style == "coco" and s.name == "photos"
+
+
+def test_declared_lvis_split_keeps_frequencies_and_needs_them() -> None:
+    cats = [{**c, "frequency": "fcrfc"[k]} for k, c in enumerate(CATS)]
+    s = splits.split_from_categories(splits.declared_split("p", "lvis", ["astronaut"], ["flag"]), cats)
+    assert s.style == "lvis" and s.frequency == ("f", "c", "r", "f", "c") and s.ids("novel") == (14,)
+    with pytest.raises(ValueError, match="frequency"):
+        splits.split_from_categories(splits.declared_split("p", "lvis", ["astronaut"], ["flag"]), CATS)
+
+
+@pytest.mark.parametrize("base,novel,fragment", [
+    (["astronaut", "flag"], ["flag"], r"^base_names / novel_names: 'flag' in both"),
+    (["astronaut", "astronaut"], ["flag"], r"^base_names: 'astronaut' listed twice$"),
+    ([], ["flag"], r"^base_names: empty"),
+    (["astronaut"], "missing.txt", r"^novel_names: cannot read names file .*missing.txt"),
+])
+def test_declared_split_errors_are_one_line(base, novel, fragment, tmp_path) -> None:
+    with pytest.raises(ValueError, match=fragment) as e:
+        splits.declared_split("p", "coco", base, novel, root=tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_declared_names_missing_from_the_json_are_named() -> None:
+    d = splits.declared_split("p", "coco", ["astronaut", "zebra"], ["flag", "yak"])
+    with pytest.raises(ValueError, match=r"^base_names: 'zebra' not among the 5 category names") as e:
+        splits.split_from_categories(d, CATS)
+    assert "\n" not in str(e.value)
+
+
+def test_declared_split_may_not_reuse_a_builtin_id_or_an_unknown_style() -> None:
+    with pytest.raises(ValueError, match="built-in split"):
+        splits.declared_split("coco_48_17", "coco", ["a"], ["b"])
+    with pytest.raises(ValueError, match=r"^split_style: got 'voc'; allowed: coco, lvis$"):
+        splits.declared_split("p", "voc", ["a"], ["b"])
+
+
+def test_a_names_file_is_part_of_the_data_lineage(tmp_path) -> None:
+    """Editing a declared split's names file makes every stage stale, as editing the JSON does."""
+    from ezsd_core import config, lineage
+
+    (tmp_path / "novel.txt").write_text("flag\n")
+    (tmp_path / "train.json").write_text("{}")
+    doc = {"common": {"split": "photos", "split_style": "coco", "base_names": ["astronaut"],
+                      "novel_names": "novel.txt", "data_root": str(tmp_path), "train_annotations": "train.json",
+                      "val_annotations": "train.json", "train_images": ".", "val_images": ".", "run_root": "r",
+                      "seed": 0, "device": "cpu", "num_workers": 0, "force": False},
+           "evaluate": {"vocabulary": "all", "box_score_thresh": 0.0, "box_nms_thresh": 0.5,
+                        "box_detections_per_img": 10, "image_set": "all", "batch_size": 1}}
+    cfg = config.stage_config(doc, "evaluate", source="x.yaml")
+    assert splits.names_files(cfg) == [tmp_path / "novel.txt"]
+    before = lineage.data_fingerprint(cfg)
+    (tmp_path / "novel.txt").write_text("flag\ncolor wheel\n")
+    assert lineage.data_fingerprint(cfg) != before
