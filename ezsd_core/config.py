@@ -204,7 +204,8 @@ class TrainDetectorConfig(CommonConfig):
     lr_schedule: str = knob(choices=("step", "cosine"))
     lr_steps: tuple[int, ...]  # step schedule: x0.1 at each
     max_steps: int = knob(lo=1)
-    batch_size: int = knob(lo=1)  # images per step, over all processes
+    batch_size: int = knob(lo=1)  # images per step, over all processes (the batch ``lr`` is tuned for)
+    batch_size_per_gpu: int = knob(lo=0, default=0)  # >0: per_gpu x processes per step, lr scaled linearly
     grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
     hflip_prob: float = knob(lo=0.0, hi=1.0)
     repeat_factor_thresh: float = knob(lo=0.0)  # LVIS repeat-factor sampling (1e-3); 0 = off

@@ -99,11 +99,16 @@ def distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started (``WORLD_SIZE``; 1 outside it), before joining any group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1): nccl on CUDA, else gloo."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_world_size() > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return distributed_rank_and_size()
 

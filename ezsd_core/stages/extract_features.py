@@ -210,6 +210,12 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
     done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
+    manifest = lineage.finalize_once(out, key, lambda: _write_manifest(cfg, out, paths, chash, upstream, started))
+    return StageResult(out, False, manifest["summary"])
+
+
+def _write_manifest(cfg: ExtractFeaturesConfig, out: Path, paths: list[Path], chash: str, upstream: dict,
+                    started: str) -> dict:
     per_image, gt, empty = [], 0, 0
     for p in paths:
         shard = shards.RaggedShard(p)
@@ -220,7 +226,6 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
     summary = {"num_images": len(per_image), "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
                "images_without_regions": empty, "num_gt_embeds": gt, "num_region_embeds": int(sum(per_image)),
                **data.input_counts(cfg, ("train",))}
-    manifest = artefacts.write_manifest(
+    return artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=[str(p.relative_to(out)) for p in paths], summary=summary, started_at=started)
-    return StageResult(out, False, manifest["summary"])

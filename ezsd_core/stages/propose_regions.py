@@ -160,6 +160,13 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
+    manifest = lineage.finalize_once(out, key, lambda: _write_metrics_and_manifest(cfg, out, paths, chash, upstream,
+                                                                                   started))
+    return StageResult(out, False, manifest["summary"])
+
+
+def _write_metrics_and_manifest(cfg: ProposeRegionsConfig, out, paths: list, chash: str, upstream: dict,
+                                started: str) -> dict:
     regions, per_image, seconds, crops_done = {}, [], 0.0, 0
     for p in paths:
         shard = shards.RaggedShard(p)
@@ -180,11 +187,10 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
                     **data.input_counts(cfg)})
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; throughput goes to the summary
     speed = {"crops_per_second": round(crops_done / seconds, 1) if seconds else None}
-    manifest = artefacts.write_manifest(
+    return artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=[str(p.relative_to(out)) for p in paths] + ["metrics.json"], summary={**metrics, **speed},
         started_at=started)
-    return StageResult(out, False, manifest["summary"])
 
 
 def scoring_clip(cfg: ProposeRegionsConfig, device: torch.device) -> tuple[clip.Clip, Tensor, Tensor]:

@@ -102,6 +102,28 @@ def lr_factor(step: int, cfg: TrainDetectorConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
 
 
+def step_batch(cfg: TrainDetectorConfig, world: int) -> tuple[int, float]:
+    """(images per step over all ``world`` processes, base learning rate) of a run.
+
+    ``batch_size_per_gpu`` > 0: each process takes that many images, so a step has
+    ``batch_size_per_gpu * world`` and ``lr`` is scaled linearly by ``batch_size_per_gpu * world /
+    batch_size`` (the linear scaling rule; ``lr`` is the rate tuned for ``batch_size``). Else a step
+    has ``batch_size`` images, split evenly over the processes, and ``lr`` as given.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of ``world`` (one line with the fixes).
+    """
+    if cfg.batch_size_per_gpu > 0:
+        batch = cfg.batch_size_per_gpu * world
+        return batch, cfg.lr * batch / cfg.batch_size
+    if cfg.batch_size % world:
+        raise config.ConfigError(
+            f"train_detector.batch_size: {cfg.batch_size} images per step cannot be split evenly over {world} "
+            f"processes; use a multiple of {world}, or set train_detector.batch_size_per_gpu (e.g. 1: {world} "
+            f"images per step, lr scaled by {world}/{cfg.batch_size})")
+    return cfg.batch_size, cfg.lr
+
+
 def detector_spec(cfg: TrainDetectorConfig, embed_dim: int) -> detector.DetectorSpec:
     """The DetectorSpec of a stage config (what the manifest records to rebuild the model)."""
     names = {f for f in detector.DetectorSpec.__dataclass_fields__}
@@ -205,13 +227,14 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
         Summary numbers (steps, seconds per step, last logged losses).
     """
     rank, world = runtime.distributed_rank_and_size()
+    batch_size, lr = step_batch(cfg, world)
     ddp = runtime.wrap_ddp(model, device) if world > 1 else model
     opt = _optimizer(model, cfg)
     amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "train_log.jsonl"
     start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
-    plan = batch_plan(len(dataset), repeat_factors(dataset.records, cfg.repeat_factor_thresh), cfg.batch_size,
+    plan = batch_plan(len(dataset), repeat_factors(dataset.records, cfg.repeat_factor_thresh), batch_size,
                       cfg.max_steps, cfg.seed)
     mine = [b[rank::world] for b in plan[start:]]
     # a generator of its own: creating the iterator must not draw from torch's global RNG (exact resume)
@@ -223,7 +246,7 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
     for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=cfg.max_steps,
                                       mininterval=10, disable=rank > 0), start):
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, cfg)
+            g["lr"] = lr * lr_factor(step, cfg)
         images, targets, distill = _to(device, batch)
         with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
             losses = ddp(images, targets, distill).losses
@@ -238,7 +261,7 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
         for k, v in {**losses, "loss": loss}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if (step + 1) % cfg.log_every == 0 and rank == 0:
-            row = {"step": step + 1, "lr": round(cfg.lr * lr_factor(step, cfg), 8),
+            row = {"step": step + 1, "lr": round(lr * lr_factor(step, cfg), 8),
                    **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}}
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -248,7 +271,7 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
                                                 "scaler": scaler.state_dict(), "step": step + 1,
                                                 "torch_rng": torch.get_rng_state(), "config_hash": config_hash})
     steps_run = cfg.max_steps - start
-    return {"steps": cfg.max_steps, "resumed_from_step": start,
+    return {"steps": cfg.max_steps, "resumed_from_step": start, "images_per_step": batch_size,
             "seconds_per_step": round((time.perf_counter() - t0) / max(steps_run, 1), 3)}
 
 
@@ -302,6 +325,7 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
     determinism = runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
+    step_batch(cfg, runtime.launched_world_size())  # a batch the processes cannot share fails here, in one line
     rank, world = runtime.init_distributed()
     device = runtime.resolve_device(cfg.device) if world == 1 else runtime.distributed_device(cfg.device)
     begun = lineage.begin(cfg, STAGE)
@@ -347,8 +371,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config.stage_config(config.read_params(args.params), STAGE, source=str(args.params), overrides=args.set)
-    result = run(cfg)
+    try:
+        cfg = config.stage_config(config.read_params(args.params), STAGE, source=str(args.params), overrides=args.set)
+        result = run(cfg)
+    except config.ConfigError as e:  # one line per process, not a traceback from every rank
+        print(f"ezsd: error: {e}", file=sys.stderr)
+        sys.exit(2)
     runtime.finish_distributed()
     log.info("%s", result)
 
