@@ -218,6 +218,28 @@ class TrainDetectorConfig(CommonConfig):
         return (*toy_weights, "finetune_clip", *(("extract_features",) if self.distill_weight > 0 else ()))
 
 
+def train_batch(cfg: TrainDetectorConfig, world: int) -> tuple[int, float]:
+    """(images per step over all ``world`` processes, base learning rate) of a run.
+
+    ``batch_size_per_gpu`` > 0: each process takes that many images, so a step has
+    ``batch_size_per_gpu * world`` and ``lr`` is scaled linearly by ``batch_size_per_gpu * world /
+    batch_size`` (the linear scaling rule; ``lr`` is the rate tuned for ``batch_size``). Else a step
+    has ``batch_size`` images, split evenly over the processes, and ``lr`` as given.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of ``world`` (one line with the fixes).
+    """
+    if cfg.batch_size_per_gpu > 0:
+        batch = cfg.batch_size_per_gpu * world
+        return batch, cfg.lr * batch / cfg.batch_size
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"train_detector.batch_size: {cfg.batch_size} images per step cannot be split evenly over {world} "
+            f"processes; use a multiple of {world}, or set train_detector.batch_size_per_gpu (e.g. 1: {world} "
+            f"images per step, lr scaled by {world}/{cfg.batch_size})")
+    return cfg.batch_size, cfg.lr
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class EvaluateConfig(CommonConfig):
     """Stage 05: swap in base + novel text embeddings, detect on val, COCO/LVIS AP by subset (spec §6)."""

@@ -102,28 +102,6 @@ def lr_factor(step: int, cfg: TrainDetectorConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
 
 
-def step_batch(cfg: TrainDetectorConfig, world: int) -> tuple[int, float]:
-    """(images per step over all ``world`` processes, base learning rate) of a run.
-
-    ``batch_size_per_gpu`` > 0: each process takes that many images, so a step has
-    ``batch_size_per_gpu * world`` and ``lr`` is scaled linearly by ``batch_size_per_gpu * world /
-    batch_size`` (the linear scaling rule; ``lr`` is the rate tuned for ``batch_size``). Else a step
-    has ``batch_size`` images, split evenly over the processes, and ``lr`` as given.
-
-    Raises:
-        ConfigError: ``batch_size`` is not a multiple of ``world`` (one line with the fixes).
-    """
-    if cfg.batch_size_per_gpu > 0:
-        batch = cfg.batch_size_per_gpu * world
-        return batch, cfg.lr * batch / cfg.batch_size
-    if cfg.batch_size % world:
-        raise config.ConfigError(
-            f"train_detector.batch_size: {cfg.batch_size} images per step cannot be split evenly over {world} "
-            f"processes; use a multiple of {world}, or set train_detector.batch_size_per_gpu (e.g. 1: {world} "
-            f"images per step, lr scaled by {world}/{cfg.batch_size})")
-    return cfg.batch_size, cfg.lr
-
-
 def detector_spec(cfg: TrainDetectorConfig, embed_dim: int) -> detector.DetectorSpec:
     """The DetectorSpec of a stage config (what the manifest records to rebuild the model)."""
     names = {f for f in detector.DetectorSpec.__dataclass_fields__}
@@ -227,7 +205,7 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
         Summary numbers (steps, seconds per step, last logged losses).
     """
     rank, world = runtime.distributed_rank_and_size()
-    batch_size, lr = step_batch(cfg, world)
+    batch_size, lr = config.train_batch(cfg, world)
     ddp = runtime.wrap_ddp(model, device) if world > 1 else model
     opt = _optimizer(model, cfg)
     amp = cfg.amp and device.type == "cuda"
@@ -325,7 +303,7 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
     determinism = runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
-    step_batch(cfg, runtime.launched_world_size())  # a batch the processes cannot share fails here, in one line
+    config.train_batch(cfg, runtime.launched_world_size())  # a batch the processes cannot share: one line, now
     rank, world = runtime.init_distributed()
     device = runtime.resolve_device(cfg.device) if world == 1 else runtime.distributed_device(cfg.device)
     begun = lineage.begin(cfg, STAGE)

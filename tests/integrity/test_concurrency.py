@@ -192,18 +192,18 @@ def test_a_batch_the_processes_cannot_share_is_refused_in_one_line() -> None:
     from ezsd_core.stages import train_detector as td
 
     with pytest.raises(ConfigError) as e:
-        td.step_batch(_train_cfg(batch_size=4), 8)
+        config.train_batch(_train_cfg(batch_size=4), 8)
     msg = str(e.value)
     assert "\n" not in msg and "train_detector.batch_size" in msg and "batch_size_per_gpu" in msg
-    assert td.step_batch(_train_cfg(batch_size=4), 2) == (4, pytest.approx(1e-3))
+    assert config.train_batch(_train_cfg(batch_size=4), 2) == (4, pytest.approx(1e-3))
 
 
 def test_batch_size_per_gpu_scales_the_learning_rate_linearly() -> None:
     from ezsd_core.stages import train_detector as td
 
     cfg = _train_cfg(batch_size=4, batch_size_per_gpu=2, lr=1.0e-3)
-    assert td.step_batch(cfg, 8) == (16, pytest.approx(4e-3))
-    assert td.step_batch(cfg, 1) == (2, pytest.approx(5e-4))
+    assert config.train_batch(cfg, 8) == (16, pytest.approx(4e-3))
+    assert config.train_batch(cfg, 1) == (2, pytest.approx(5e-4))
 
 
 def test_the_job_refuses_the_batch_before_it_joins_the_process_group(monkeypatch, tmp_path: Path) -> None:
