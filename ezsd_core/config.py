@@ -122,7 +122,7 @@ class ProposeRegionsConfig(CommonConfig):
     """Stage 02: score a dense anchor grid with the tuned CLIP, keep confident regions (spec §3)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip",)
     SHARD_DIR: ClassVar[str] = "regions"
 
@@ -137,6 +137,7 @@ class ProposeRegionsConfig(CommonConfig):
     max_regions: int = knob(lo=1)  # top-K kept per image after NMS
     num_recall_images: int = knob(lo=0)  # val images also proposed, for recall metrics only
     crops_per_batch: int = knob(lo=1, default=1024)
+    images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 
@@ -146,7 +147,7 @@ class ExtractFeaturesConfig(CommonConfig):
     """Stage 03: CLIP embeddings of selected regions and of every base GT box (spec §4)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "propose_regions")
     SHARD_DIR: ClassVar[str] = "feats"
 
@@ -158,6 +159,7 @@ class ExtractFeaturesConfig(CommonConfig):
     max_regions: int = knob(lo=1)  # regions kept per image (300 drop_base, 500 random)
     crop_scale: float = knob(lo=1.0)  # r = 1.2
     crops_per_batch: int = knob(lo=1, default=1024)
+    images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 

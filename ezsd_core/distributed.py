@@ -373,7 +373,15 @@ def _scheduler_state(executor: str, folder: str, job_id: str) -> str:
     import submitit
 
     if executor == "slurm":
-        return submitit.SlurmJob(folder=folder, job_id=job_id).state
+        state = submitit.SlurmJob(folder=folder, job_id=job_id).state
+        if state != "UNKNOWN":
+            return state
+        # sacct has no record of an array task cancelled before it started; squeue knows every queued one
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=60)
+        if queued.returncode == 0 and queued.stdout.strip():
+            return queued.stdout.split()[0]
+        return "CANCELLED (gone before it started: neither squeue nor sacct knows it)" \
+            if queued.returncode == 0 else state
     from submitit.core import utils
 
     job = submitit.local.local.LocalJob(folder=folder, job_id=job_id, tasks=(0,))

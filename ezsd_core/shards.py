@@ -184,18 +184,19 @@ def build_in_parts(path: Path | str, key: str, items: Sequence, work, *, chunk: 
         key: writer key (``artefacts.shard_key``); stale parts (other keys) are recomputed.
         items: the shard's work items (e.g. image records), in order.
         work: ``work(list_of_items) -> (image_ids, groups, image_fields)``, the arguments of ``write_shard``.
-        chunk: items per part.
+        chunk: items per part (parts written with another chunk size are recomputed).
         metadata: called after the work, returns the final shard's header metadata (``key`` is added).
     """
     path = Path(path)
     parts_dir = _parts_dir(path)
     names = []
+    part_key = f"{key}/{chunk}"  # a part covers other items when the part size changes
     for c, start in enumerate(range(0, len(items), chunk)):
         part = parts_dir / f"part-{c:05d}.safetensors"
         names.append(part)
-        if not is_current(part, key):
+        if not is_current(part, part_key):
             ids, groups, fields = work(list(items[start:start + chunk]))
-            write_shard(part, ids, groups, {"key": key}, image_fields=fields)
+            write_shard(part, ids, groups, {"key": part_key}, image_fields=fields)
     ids, groups, fields = _concat([RaggedShard(p) for p in names])
     if not names:  # an empty shard still records its (empty) groups
         ids, groups, fields = work([])

@@ -29,7 +29,6 @@ from ezsd_core.config import ExtractFeaturesConfig
 from ezsd_core.structures import ImageRecord, RegionSet
 
 STAGE = "extract_features"
-CHUNK_IMAGES = 256
 log = logging.getLogger(__name__)
 
 
@@ -198,7 +197,7 @@ def run(cfg: ExtractFeaturesConfig) -> StageResult:
                    unit="img", mininterval=5)
         bar.kept = 0
         shards.build_in_parts(path, key, items, lambda chunk: _extract_chunk(chunk, ctx, cfg, bar),
-                              chunk=CHUNK_IMAGES, metadata=lambda: {"split": cfg.split, "stage": STAGE})
+                              chunk=cfg.images_per_part, metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
     return finalize_if_complete(cfg, out, key, chash, upstream, started)
 

@@ -30,7 +30,6 @@ from ezsd_core.structures import ImageRecord, RegionSet
 
 STAGE = "propose_regions"
 RECALL_KS = (10, 100)
-CHUNK_IMAGES = 256  # images per resumable part of a shard
 log = logging.getLogger(__name__)
 
 
@@ -233,7 +232,7 @@ def run(cfg: ProposeRegionsConfig) -> StageResult:
                    unit="img", mininterval=5)
         bar.t0, bar.crops = time.perf_counter(), 0
         work = lambda chunk: _propose_chunk(chunk, model, emb, ids, cfg, bar)
-        shards.build_in_parts(path, key, items, work, chunk=CHUNK_IMAGES,
+        shards.build_in_parts(path, key, items, work, chunk=cfg.images_per_part,
                               metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
         # timing stays out of the shard (whose bytes must depend on its content only)
