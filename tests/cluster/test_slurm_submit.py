@@ -108,8 +108,8 @@ def test_a_cancelled_array_task_shows_failed_and_resubmit_failed_completes_the_s
 
 def test_a_task_killed_mid_way_resumes_from_its_finished_parts(slurm_cluster, smoke_stages, tmp_path: Path) -> None:
     """One image per part and a dense anchor grid (seconds per image): the task is cancelled once a
-    part exists; then the images of the finished parts are deleted, so the resubmitted task can only
-    succeed by keeping those parts."""
+    part exists; then the images of the finished parts are overwritten with bytes no decoder reads, so
+    the resubmitted task can only succeed by keeping those parts."""
     world0, src = smoke_stages
     world = tmp_path / "world"
     shutil.copytree(world0, world)
@@ -121,7 +121,8 @@ def test_a_task_killed_mid_way_resumes_from_its_finished_parts(slurm_cluster, sm
     while not list(parts.glob("part-*.safetensors")):
         assert time.monotonic() < end, _logs(run_root)
         time.sleep(0.1)
-    subprocess.run(["scancel", f"{job}_0"], check=True)
+    task = distributed.read_records(run_root)["propose_regions"]["tasks"]["0"]["job_id"]  # one task: no array
+    subprocess.run(["scancel", task], check=True)
     st = _wait(overrides, lambda s: s["propose_regions"].tasks[0].state == "failed", "the task cancelled")
     finished = sorted(parts.glob("part-*.safetensors"))
     from ezsd_core import config
@@ -134,14 +135,15 @@ def test_a_task_killed_mid_way_resumes_from_its_finished_parts(slurm_cluster, sm
     from ezsd_core import shards
 
     done_ids = {int(i) for p in finished for i in shards.RaggedShard(p).image_ids}
-    for image_id in done_ids:  # whatever recomputed a finished part would now fail
-        files[image_id].unlink()
+    for image_id in done_ids:  # whatever decoded these images again (recomputed their part) would now fail
+        files[image_id].write_bytes(b"not an image any more")
     distributed.submit(PARAMS, stage="propose_regions", overrides=overrides, resources=RES, executor="slurm",
                        resubmit_failed=True)
     st = _wait(overrides, lambda s: s["propose_regions"].state == "complete"
                or s["propose_regions"].tasks[0].state == "failed", "the resumed stage complete")
     assert st["propose_regions"].state == "complete", _logs(run_root)
-    shard = shards.RaggedShard(artefacts.stage_dir(run_root, "propose_regions") / "regions/shard-00000-of-00001.safetensors")
+    folder = artefacts.stage_dir(run_root, "propose_regions")
+    shard = shards.RaggedShard(folder / "regions/shard-00000-of-00001.safetensors")
     assert len(shard) == total and done_ids <= {int(i) for i in shard.image_ids}
 
 
@@ -152,7 +154,7 @@ def test_two_gloo_processes_of_train_detector_finish_under_the_cluster(slurm_clu
                                                "extract_features"))
     overrides = [f"common.data_root={world}", f"common.run_root={run_root}", "train_detector.max_steps=4",
                  "train_detector.batch_size_per_gpu=1"]
-    res = distributed.Resources(cpus_per_task=2, time_min=20, mem="2G", procs_per_node=2)
+    res = distributed.Resources(cpus_per_task=1, time_min=20, mem="2G", procs_per_node=2)
     jobs = distributed.submit(PARAMS, stage="train_detector", overrides=overrides, resources=res, executor="slurm")
     assert [(j.kind, j.world) for j in jobs] == [("torchrun", 2)]
     st = _wait(overrides, lambda s: s["train_detector"].state == "complete"
