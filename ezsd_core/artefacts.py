@@ -41,6 +41,7 @@ STAGE_NUMBERS: dict[str, int] = {
     "train_detector": 4,
     "evaluate": 5,
 }
+PREEMPT_FILE = "checkpoints/PREEMPT"  # in a training stage's folder: "checkpoint now and stop" (ezsd submit)
 _ENV_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pycocotools", "lvis")
 
 

@@ -195,9 +195,14 @@ class StageTask:
     and the rerun continues from the shard's finished parts or the training checkpoint.
     """
 
-    def __init__(self, params: str, stage: str, overrides: Sequence[str], command: str, procs_per_node: int = 1):
+    def __init__(self, params: str, stage: str, overrides: Sequence[str], command: str, procs_per_node: int = 1,
+                 signal_s: int = 120):
         self.params, self.stage, self.overrides = params, stage, list(overrides)
-        self.command, self.procs_per_node = command, procs_per_node
+        self.command, self.procs_per_node, self.signal_s = command, procs_per_node, signal_s
+        self._proc: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_proc": None}
 
     def __call__(self, shard: int | None) -> str:
         import submitit
@@ -217,15 +222,31 @@ class StageTask:
                f"--master_addr={env.hostnames[0]}", f"--master_port={port}",
                "-m", "ezsd_core.stages.train_detector", self.params, *(a for o in self.overrides for a in ("--set", o))]
         print(" ".join(cmd), flush=True)
-        done = subprocess.run(cmd, env={**os.environ, "EZSD_COMMAND": self.command})
-        if done.returncode:
-            raise RuntimeError(f"torchrun of train_detector exited with {done.returncode}; see this log")
+        self._proc = subprocess.Popen(cmd, env={**os.environ, "EZSD_COMMAND": self.command})
+        code = self._proc.wait()
+        if code:
+            raise RuntimeError(f"torchrun of train_detector exited with {code}; see this log")
         return "train_detector: done"
 
     def checkpoint(self, shard: int | None) -> Any:
-        """Requeue with the same arguments (submitit calls this on the signal before the time limit)."""
+        """Requeue with the same arguments (submitit calls this on the signal before the time limit).
+
+        Training is first asked to checkpoint and stop (``checkpoints/PREEMPT``, which every rank reads
+        at each step); this waits for torchrun to exit, up to ``signal_s`` - 30 s.
+        """
         import submitit
 
+        if self.stage == "train_detector":
+            cfg = config.stage_config(config.read_params(self.params), self.stage, source=self.params,
+                                      overrides=self.overrides)
+            stop = artefacts.stage_dir(cfg.run_root, self.stage) / artefacts.PREEMPT_FILE
+            stop.parent.mkdir(parents=True, exist_ok=True)
+            stop.touch()
+            if self._proc is not None:
+                try:
+                    self._proc.wait(timeout=max(5, self.signal_s - 30))
+                except subprocess.TimeoutExpired:
+                    pass
         return submitit.helpers.DelayedSubmission(self, shard)
 
 
@@ -301,7 +322,7 @@ def submit(params: Path | str, *, stage: str | None = None, first: str | None = 
         folder = jobs_dir(cfg0.run_root) / artefacts.stage_dirname(j.stage)
         dependency = ",".join(f"afterok:{ids[s]}" for s in j.after if s in ids) or None
         ex = _executor(executor, folder, resources, j, dependency)
-        task = StageTask(str(params), j.stage, overrides, command, resources.train_procs())
+        task = StageTask(str(params), j.stage, overrides, command, resources.train_procs(), resources.signal_s)
         if j.kind == "array":
             with ex.batch():
                 submitted = [ex.submit(task, i) for i in j.shards]

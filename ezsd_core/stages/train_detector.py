@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -176,6 +178,39 @@ def _to(device: torch.device, batch: list) -> tuple[list, list, list | None]:
     return images, targets, distill
 
 
+class _StopRequest:
+    """Set by the preemption signal (SLURM's ``--signal``, ``SUBMITIT_PREEMPT_SIGNAL``, default USR2) or by
+    ``checkpoints/PREEMPT``; every rank agrees on it at each step (a MAX all-reduce)."""
+
+    def __init__(self, stop_file: Path, world: int):
+        self.stop_file, self.world, self.signalled = stop_file, world, False
+        self.signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        self.old = signal.signal(self.signum, self._handle) if _main_thread() else None
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        flag = self.signalled or self.stop_file.exists()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([int(flag)])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def close(self) -> None:
+        if self.old is not None:
+            signal.signal(self.signum, self.old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 NO_DECAY = ("log_temperature", "background.weight")  # decay would pull T towards 1 and bg towards 0
 
 
@@ -196,13 +231,17 @@ def _optimizer(model: torch.nn.Module, cfg: TrainDetectorConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
-          out: Path, config_hash: str) -> dict:
+def _train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
+          out: Path, config_hash: str,
+           stop: _StopRequest) -> dict:
     """The training loop: resumes from ``checkpoints/last.pt`` (same config hash) and checkpoints every
     ``checkpoint_every`` steps; appends ``train_log.jsonl`` (truncated to the checkpoint on resume).
 
+    On the preemption signal (or ``checkpoints/PREEMPT``) it checkpoints after the current step and
+    returns at once with ``preempted_at_step``; the requeued run resumes from there.
+
     Returns:
-        Summary numbers (steps, seconds per step, last logged losses).
+        Summary numbers (steps, seconds per step, last logged losses; ``preempted_at_step`` when stopped).
     """
     rank, world = runtime.distributed_rank_and_size()
     batch_size, lr = config.train_batch(cfg, world)
@@ -220,6 +259,8 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
                                          generator=torch.Generator().manual_seed(cfg.seed))
     sums: dict[str, float] = {}
     t0, step = time.perf_counter(), start
+    state = lambda n: {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                       "step": n, "torch_rng": torch.get_rng_state(), "config_hash": config_hash}
     ddp.train()
     for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=cfg.max_steps,
                                       mininterval=10, disable=rank > 0), start):
@@ -245,12 +286,27 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
                 f.write(json.dumps(row) + "\n")
             sums = {}
         if (step + 1) % cfg.checkpoint_every == 0 and rank == 0 and step + 1 < cfg.max_steps:
-            runtime.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                "scaler": scaler.state_dict(), "step": step + 1,
-                                                "torch_rng": torch.get_rng_state(), "config_hash": config_hash})
+            runtime.save_checkpoint(ckpt_path, state(step + 1))
+        if step + 1 < cfg.max_steps and stop():
+            if rank == 0 and (step + 1) % cfg.checkpoint_every:
+                runtime.save_checkpoint(ckpt_path, state(step + 1))
+            log.warning("preempted: checkpointed at step %d; a rerun resumes from it", step + 1)
+            return {"steps": cfg.max_steps, "resumed_from_step": start, "preempted_at_step": step + 1}
     steps_run = cfg.max_steps - start
     return {"steps": cfg.max_steps, "resumed_from_step": start, "images_per_step": batch_size,
             "seconds_per_step": round((time.perf_counter() - t0) / max(steps_run, 1), 3)}
+
+
+def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
+          out: Path, config_hash: str) -> dict:
+    """The training loop (``_train``) with the preemption signal handled: ``checkpoints/PREEMPT`` is cleared,
+    the handler installed, and the previous handler restored however the loop ends."""
+    (out / artefacts.PREEMPT_FILE).unlink(missing_ok=True)
+    stop = _StopRequest(out / artefacts.PREEMPT_FILE, runtime.distributed_rank_and_size()[1])
+    try:
+        return _train(model, dataset, cfg, device, out, config_hash, stop)
+    finally:
+        stop.close()
 
 
 def _resume(path: Path, model, opt, scaler, cfg: TrainDetectorConfig, config_hash: str, log_path: Path) -> int:
@@ -322,7 +378,7 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
         load_toy_backbone(model, cfg.run_root)
     model = model.to(device)
     summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash)
-    if rank > 0:
+    if rank > 0 or "preempted_at_step" in summary:  # a preempted run writes no model and no manifest
         return StageResult(out, False, summary)
     shards.save_tensors(out / "model.safetensors", model.state_dict(), {"stage": STAGE})
     (out / "checkpoints" / "last.pt").unlink(missing_ok=True)  # resume state of a finished run
@@ -357,6 +413,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     runtime.finish_distributed()
     log.info("%s", result)
+    if "preempted_at_step" in result.summary:
+        sys.exit(3)  # not finished: the requeued job resumes from the checkpoint
 
 
 if __name__ == "__main__":
