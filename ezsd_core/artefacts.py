@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
-import fcntl
 import platform
 import secrets
 import shutil

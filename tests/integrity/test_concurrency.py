@@ -189,7 +189,6 @@ def _train_cfg(**changes) -> config.TrainDetectorConfig:
 
 
 def test_a_batch_the_processes_cannot_share_is_refused_in_one_line() -> None:
-    from ezsd_core.stages import train_detector as td
 
     with pytest.raises(ConfigError) as e:
         config.train_batch(_train_cfg(batch_size=4), 8)
@@ -199,7 +198,6 @@ def test_a_batch_the_processes_cannot_share_is_refused_in_one_line() -> None:
 
 
 def test_batch_size_per_gpu_scales_the_learning_rate_linearly() -> None:
-    from ezsd_core.stages import train_detector as td
 
     cfg = _train_cfg(batch_size=4, batch_size_per_gpu=2, lr=1.0e-3)
     assert config.train_batch(cfg, 8) == (16, pytest.approx(4e-3))
