@@ -72,7 +72,7 @@ class CommonConfig:
 class PretrainClipConfig(CommonConfig):
     """Stage 00 (toy worlds only): train the tiny CLIP teacher on the toy web's captioned pictures."""
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every", "amp")
 
     clip_model: str  # open_clip model name; the ezsd-* configs ship in ezsd_core/resources
     num_steps: int = knob(lo=0)
@@ -112,6 +112,7 @@ class FinetuneClipConfig(CommonConfig):
     min_box_side: float = knob(lo=0.0)  # px of the original image; narrower boxes are widened first
     hflip_prob: float = knob(lo=0.0, hi=1.0)
     log_every: int = knob(lo=1, default=50)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 + GradScaler (CPU: off)
 
     def upstream_stages(self) -> tuple[str, ...]:
         return ("pretrain_clip",) if self.clip_pretrained == PRETRAIN_CLIP else ()
@@ -122,7 +123,7 @@ class ProposeRegionsConfig(CommonConfig):
     """Stage 02: score a dense anchor grid with the tuned CLIP, keep confident regions (spec §3)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch", "images_per_part")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part", "amp")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip",)
     SHARD_DIR: ClassVar[str] = "regions"
 
@@ -138,6 +139,7 @@ class ProposeRegionsConfig(CommonConfig):
     num_recall_images: int = knob(lo=0)  # val images also proposed, for recall metrics only
     crops_per_batch: int = knob(lo=1, default=1024)
     images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 (ignored on CPU)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 
@@ -147,7 +149,7 @@ class ExtractFeaturesConfig(CommonConfig):
     """Stage 03: CLIP embeddings of selected regions and of every base GT box (spec §4)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch", "images_per_part")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part", "amp")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "propose_regions")
     SHARD_DIR: ClassVar[str] = "feats"
 
@@ -160,6 +162,7 @@ class ExtractFeaturesConfig(CommonConfig):
     crop_scale: float = knob(lo=1.0)  # r = 1.2
     crops_per_batch: int = knob(lo=1, default=1024)
     images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 (ignored on CPU)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 

@@ -196,7 +196,11 @@ def run(cfg: ExtractFeaturesConfig) -> StageResult:
         bar = tqdm(total=len(items), desc=f"extract_features shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)
         bar.kept = 0
-        shards.build_in_parts(path, key, items, lambda chunk: _extract_chunk(chunk, ctx, cfg, bar),
+        def work(chunk):
+            with runtime.autocast(device, cfg.amp):  # bf16/fp16 CLIP on CUDA when amp is on
+                return _extract_chunk(chunk, ctx, cfg, bar)
+
+        shards.build_in_parts(path, key, items, work,
                               chunk=cfg.images_per_part, metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
     return finalize_if_complete(cfg, out, key, chash, upstream, started)

@@ -116,11 +116,12 @@ def _loader(ds: GTCrops, batch_size: int, workers: int, shuffle: bool, seed: int
 
 @torch.no_grad()
 def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor, novel_class: Tensor,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, amp: bool = False) -> dict[str, float]:
     """Top-1 accuracy of val GT crops over the all-category vocabulary (``text``: (K, D))."""
     preds, labels, areas = [], [], []
     for x, y, a in loader:
-        emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+        with runtime.autocast(device, amp):
+            emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1).float()
         preds.append((emb @ text.T).argmax(1).cpu())
         labels.append(y)
         areas.append(a)
@@ -139,18 +140,22 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
     gen = torch.Generator().manual_seed(cfg.seed)
     text_frozen = "text" not in cfg.towers
     fixed_text = clip.encode_texts(model, names, cfg.prompt_templates).detach() if text_frozen else None
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype(device, cfg.amp) == torch.float16)
     model.model.train()
     for epoch in range(cfg.epochs):
         for x, y, _ in tqdm(loader, desc=f"finetune_clip epoch {epoch + 1}/{cfg.epochs}", unit="batch", mininterval=5):
             flip = torch.rand(len(x), generator=gen) < cfg.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
-            text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
-            loss = classification_loss(emb, text, y.to(device), scale, cfg.loss)
+            with runtime.autocast(device, cfg.amp):
+                emb = nn.functional.normalize(clip.encode_images(model, crops.normalize(x.to(device))), dim=-1)
+                text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
+            loss = classification_loss(emb.float(), text.float(), y.to(device), scale, cfg.loss)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             if step % cfg.log_every == 0:
                 rows.append({"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 5)})
@@ -210,7 +215,7 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
     novel_class = torch.tensor([split.role_of(c) == "novel" for c in split.ids("all")])
     all_names = split.prompt_names("all")
     measure = lambda: evaluate(model, val_loader, clip.encode_texts(model, all_names, cfg.prompt_templates),
-                               novel_class, device)
+                               novel_class, device, cfg.amp)
     with torch.no_grad():
         before = measure()
     t0 = time.perf_counter()

@@ -231,7 +231,9 @@ def run(cfg: ProposeRegionsConfig) -> StageResult:
         bar = tqdm(total=len(items), desc=f"propose_regions shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)
         bar.t0, bar.crops = time.perf_counter(), 0
-        work = lambda chunk: _propose_chunk(chunk, model, emb, ids, cfg, bar)
+        def work(chunk):
+            with runtime.autocast(device, cfg.amp):  # bf16/fp16 CLIP on CUDA when amp is on; scores in fp32
+                return _propose_chunk(chunk, model, emb, ids, cfg, bar)
         shards.build_in_parts(path, key, items, work, chunk=cfg.images_per_part,
                               metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()

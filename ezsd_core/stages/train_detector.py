@@ -247,8 +247,8 @@ def _train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDete
     batch_size, lr = config.train_batch(cfg, world)
     ddp = runtime.wrap_ddp(model, device) if world > 1 else model
     opt = _optimizer(model, cfg)
-    amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp_dtype = runtime.amp_dtype(device, cfg.amp)  # bf16 where the GPU has it (no scaler), else fp16 + scaler
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "train_log.jsonl"
     start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
     plan = batch_plan(len(dataset), repeat_factors(dataset.records, cfg.repeat_factor_thresh), batch_size,
@@ -267,7 +267,7 @@ def _train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDete
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(step, cfg)
         images, targets, distill = _to(device, batch)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with runtime.autocast(device, cfg.amp):
             losses = ddp(images, targets, distill).losses
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
