@@ -1,7 +1,9 @@
 """Run and stage paths, atomic writes, hashing and the stage manifest.
 
-Role: the contract between stages (DESIGN.md II.7). Every file is written to ``<name>.tmp-<pid>``
-next to its destination and renamed into place, so a file that exists is complete; the manifest is
+Role: the contract between stages (DESIGN.md II.7). Every file is written to
+``<name>.tmp-<host>-<pid>-<random>`` next to its destination (unique across the hosts of a shared
+file system, not only across pids) and renamed into place, so a file that exists is complete; a
+stage's finalisation runs under ``stage_lock`` (one finaliser at a time per stage folder); the manifest is
 written last and carries the config hash, upstream hashes, code and environment versions and the
 hashes of every output. Reads/writes: ``runs/<split>/<NN_stage>/manifest.json``.
 Layer 0: standard library only (no torch).
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ STAGE_NUMBERS: dict[str, int] = {
     "train_detector": 4,
     "evaluate": 5,
 }
+PREEMPT_FILE = "checkpoints/PREEMPT"  # in a training stage's folder: "checkpoint now and stop" (ezsd submit)
 _ENV_PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "pycocotools", "lvis")
 
 
@@ -105,13 +111,37 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(temp_name(path.name))
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def temp_name(name: str) -> str:
+    """``<name>.tmp-<host>-<pid>-<8 hex>``: unique across hosts sharing a folder (array tasks on several
+    nodes may have equal pids) and across writers within one process."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40] or "host"
+    return f"{name}.tmp-{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def stage_lock(stage_path: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<stage_path>/.lock`` (``flock``; on NFS the kernel maps it to a POSIX
+    lock that the server arbitrates): shards that finish at the same moment finalise one at a time."""
+    stage_path = Path(stage_path)
+    stage_path.mkdir(parents=True, exist_ok=True)
+    with open(stage_path / LOCK, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

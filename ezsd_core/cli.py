@@ -1,5 +1,5 @@
-"""The ``ezsd`` console script: ``run``, ``report``, ``verify``, ``predict``, ``ablate``, ``check``, ``export``,
-``toyworld``.
+"""The ``ezsd`` console script: ``run``, ``submit``, ``status``, ``report``, ``verify``, ``predict``, ``ablate``,
+``check``, ``export``, ``toyworld``.
 
 Role: argument parsing and error reporting only. Params problems print one line and exit 2
 before any heavy import (torch is never imported to validate a params file); a failing stage
@@ -150,6 +150,75 @@ def _add_export_parser(sub) -> None:
 # --- end issue 11 ------------------------------------------------------------------------------
 
 
+# ---------------------------------------------------------------------------------------------
+# cluster: submit / status (distributed.py)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from ezsd_core import distributed
+
+    if args.stage and (args.first or args.last):
+        raise ConfigError("give either --stage or --from/--to, not both")
+    res = distributed.Resources(
+        partition=args.partition, account=args.account, gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_task, mem=args.mem, time_min=distributed.parse_time(args.time),
+        array_parallelism=args.array_parallelism, nodes=args.nodes, procs_per_node=args.procs_per_node,
+        signal_s=args.signal)
+    try:
+        distributed.submit(args.params, stage=args.stage, first=args.first, last=args.last, overrides=args.set or (),
+                           resources=res, executor=args.executor, dry_run=args.dry_run,
+                           resubmit_failed=args.resubmit_failed, command=shlex.join(["ezsd", *sys.argv[1:]]))
+    except RuntimeError as e:  # local jobs that failed: one line naming their logs
+        print(f"ezsd: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from ezsd_core import distributed
+
+    print(distributed.format_status(distributed.status(args.params, overrides=args.set or ())))
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {value}; allowed: an integer >= 1")
+    return value
+
+
+def _add_cluster_commands(sub) -> None:
+    s = sub.add_parser("submit", help="submit stages of params/<split>.yaml as SLURM jobs (or local processes)")
+    s.add_argument("params", type=Path, help="params/<split>.yaml")
+    s.add_argument("--stage", help=f"submit one stage: {', '.join(artefacts.STAGE_NUMBERS)}")
+    s.add_argument("--from", dest="first", help="first stage of a range")
+    s.add_argument("--to", dest="last", help="last stage of a range")
+    s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a parameter; repeatable")
+    s.add_argument("--executor", choices=("slurm", "local"), default="slurm",
+                   help="slurm (sbatch through submitit) or local (processes of this machine, one stage after another)")
+    s.add_argument("--partition")
+    s.add_argument("--account")
+    s.add_argument("--gpus-per-node", type=int, default=0)
+    s.add_argument("--cpus-per-task", type=_positive, default=1)
+    s.add_argument("--mem", help="memory per node, e.g. 32G")
+    s.add_argument("--time", default="60", help="time limit: minutes, HH:MM:SS or D-HH:MM:SS (default 60)")
+    s.add_argument("--array-parallelism", type=_positive, default=256, help="array tasks running at once")
+    s.add_argument("--nodes", type=_positive, default=1, help="nodes of the train_detector job")
+    s.add_argument("--procs-per-node", type=_positive,
+                   help="train_detector processes per node (torchrun; default: --gpus-per-node, else 1)")
+    s.add_argument("--signal", type=_positive, default=120,
+                   help="seconds before the time limit at which a job checkpoints and requeues (sbatch --signal)")
+    s.add_argument("--dry-run", action="store_true", help="print every job (resources, command, dependency) only")
+    s.add_argument("--resubmit-failed", action="store_true",
+                   help="resubmit only the failed or cancelled tasks of the last submission")
+    s.set_defaults(func=_submit)
+    st = sub.add_parser("status", help="each stage complete / stale / missing; each submitted shard's job state")
+    st.add_argument("params", type=Path, help="params/<split>.yaml")
+    st.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a parameter; repeatable")
+    st.set_defaults(func=_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ezsd`` (subcommands ``run`` and ``toyworld``)."""
     p = argparse.ArgumentParser(prog="ezsd", description="EZSD zero-shot detection pipeline (arXiv 2303.12145)")
@@ -164,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="recompute even stages that are up to date")
     r.add_argument("-v", "--verbose", action="store_true", help="stream the notebooks' logs and progress bars")
     r.set_defaults(func=_run)
+    _add_cluster_commands(sub)
     rep = sub.add_parser("report", help="print every stage's status and metrics for a params file")
     rep.add_argument("params", type=Path, help="params/<split>.yaml")
     rep.set_defaults(func=_report)

@@ -75,7 +75,7 @@ class CommonConfig:
 class PretrainClipConfig(CommonConfig):
     """Stage 00 (toy worlds only): train the tiny CLIP teacher on the toy web's captioned pictures."""
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every",)
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + ("log_every", "amp")
 
     clip_model: str  # open_clip model name; the ezsd-* configs ship in ezsd_core/resources
     max_steps: int = knob(lo=0)  # optimizer steps
@@ -116,6 +116,7 @@ class FinetuneClipConfig(CommonConfig):
     min_box_side: float = knob(lo=0.0)  # px of the original image; narrower boxes are widened first
     hflip_prob: float = knob(lo=0.0, hi=1.0)
     log_every: int = knob(lo=1, default=50)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 + GradScaler (CPU: off)
 
     def upstream_stages(self) -> tuple[str, ...]:
         return ("pretrain_clip",) if self.clip_pretrained == PRETRAIN_CLIP else ()
@@ -126,7 +127,7 @@ class ProposeRegionsConfig(CommonConfig):
     """Stage 02: score a dense anchor grid with the tuned CLIP, keep confident regions (spec §3)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part", "amp")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip",)
     SHARD_DIR: ClassVar[str] = "regions"
 
@@ -141,6 +142,8 @@ class ProposeRegionsConfig(CommonConfig):
     max_regions: int = knob(lo=1)  # top-K kept per image after NMS
     num_recall_images: int = knob(lo=0)  # val images also proposed, for recall metrics only
     crops_per_batch: int = knob(lo=1, default=1024)
+    images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 (ignored on CPU)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 
@@ -150,7 +153,7 @@ class ExtractFeaturesConfig(CommonConfig):
     """Stage 03: CLIP embeddings of selected regions and of every base GT box (spec §4)."""
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = CommonConfig.RUNTIME_FIELDS + (
-        "shard_index", "num_shards", "crops_per_batch")
+        "shard_index", "num_shards", "crops_per_batch", "images_per_part", "amp")
     UPSTREAM: ClassVar[tuple[str, ...]] = ("finetune_clip", "propose_regions")
     SHARD_DIR: ClassVar[str] = "feats"
 
@@ -162,6 +165,8 @@ class ExtractFeaturesConfig(CommonConfig):
     max_regions: int = knob(lo=1)  # regions kept per image (300 drop_base, 500 random)
     crop_scale: float = knob(lo=1.0)  # r = 1.2
     crops_per_batch: int = knob(lo=1, default=1024)
+    images_per_part: int = knob(lo=1, default=256)  # images per resumable part of a shard (a killed task keeps them)
+    amp: bool = False  # CLIP under autocast on CUDA: bf16 where the GPU has it, else fp16 (ignored on CPU)
     shard_index: int = knob(lo=0, default=0)
     num_shards: int = knob(lo=1, default=1)
 
@@ -212,6 +217,7 @@ class TrainDetectorConfig(CommonConfig):
     epochs: int | None = knob(lo=1)  # of the training images after filtering and repeat-factor sampling; or ...
     max_steps: int | None = knob(lo=1)  # ... optimizer steps (exactly one of the two)
     batch_size: int = knob(lo=1)  # images per step, over all processes
+    batch_size_per_gpu: int = knob(lo=0, default=0)  # >0: per_gpu x processes per step, lr scaled linearly
     grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
     hflip_prob: float = knob(lo=0.0, hi=1.0)
     repeat_factor_thresh: float = knob(lo=0.0)  # LVIS repeat-factor sampling (1e-3); 0 = off
@@ -222,6 +228,28 @@ class TrainDetectorConfig(CommonConfig):
     def upstream_stages(self) -> tuple[str, ...]:
         toy_weights = ("pretrain_clip",) if self.backbone == "toy" and self.pretrained_backbone else ()
         return (*toy_weights, "finetune_clip", *(("extract_features",) if self.distill_weight > 0 else ()))
+
+
+def train_batch(cfg: TrainDetectorConfig, world: int) -> tuple[int, float]:
+    """(images per step over all ``world`` processes, base learning rate) of a run.
+
+    ``batch_size_per_gpu`` > 0: each process takes that many images, so a step has
+    ``batch_size_per_gpu * world`` and ``lr`` is scaled linearly by ``batch_size_per_gpu * world /
+    batch_size`` (the linear scaling rule; ``lr`` is the rate tuned for ``batch_size``). Else a step
+    has ``batch_size`` images, split evenly over the processes, and ``lr`` as given.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of ``world`` (one line with the fixes).
+    """
+    if cfg.batch_size_per_gpu > 0:
+        batch = cfg.batch_size_per_gpu * world
+        return batch, cfg.lr * batch / cfg.batch_size
+    if cfg.batch_size % world:
+        raise ConfigError(
+            f"train_detector.batch_size: {cfg.batch_size} images per step cannot be split evenly over {world} "
+            f"processes; use a multiple of {world}, or set train_detector.batch_size_per_gpu (e.g. 1: {world} "
+            f"images per step, lr scaled by {world}/{cfg.batch_size})")
+    return cfg.batch_size, cfg.lr
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,7 +17,7 @@ import contextlib
 import functools
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,9 +151,31 @@ def invalidate(stage_path: Path | str) -> None:
     A shard recomputed on another device need not be bit-identical to the one the old manifest
     recorded; once invalidated, shards are judged by their header key until the stage finalises.
     """
-    m, _ = _manifest(Path(stage_path))
-    if m is not None and m.get("status") == "complete":
-        artefacts.atomic_write_json(Path(stage_path) / MANIFEST, {**m, "status": "incomplete"})
+    if not Path(stage_path).is_dir():
+        return
+    with artefacts.stage_lock(stage_path):  # never between another shard's check and its manifest write
+        m, _ = _manifest(Path(stage_path))
+        if m is not None and m.get("status") == "complete":
+            artefacts.atomic_write_json(Path(stage_path) / MANIFEST, {**m, "status": "incomplete"})
+
+
+def finalize_once(stage_path: Path | str, key: str, write: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Finalise a sharded stage exactly once, whatever order (or moment) its shards finish in.
+
+    Under the stage folder's lock (``artefacts.stage_lock``): when the manifest is already complete
+    for ``key`` with every listed output intact, another shard has finalised and it is returned as is;
+    else ``write()`` (metrics, then the manifest) runs and its manifest is returned.
+
+    Args:
+        stage_path: the stage folder; key: the stage's shard key (``shard_key``).
+        write: writes the stage's metrics and manifest; returns the manifest dict.
+    """
+    with artefacts.stage_lock(stage_path):
+        m, _ = _manifest(Path(stage_path))
+        if m is not None and m.get("status") == "complete" and shard_key(m["config_hash"], m["upstream"]) == key \
+                and all(artefacts.output_problem(stage_path, o) is None for o in m["outputs"]):
+            return m
+        return write()
 
 
 def pending_shards(cfg: CommonConfig, stage: str, upstream: Mapping[str, str]) -> list[int]:
@@ -320,7 +342,8 @@ def verify_run(run_root: Path | str) -> tuple[list[Finding], int]:
                                             problem))
         for p in sorted(folder.rglob("*")):
             rel = p.relative_to(folder)
-            bookkeeping = any(part in _BOOKKEEPING for part in rel.parts[:-1]) or rel.name.endswith(".timing.json")
+            bookkeeping = any(part in _BOOKKEEPING for part in rel.parts[:-1]) or rel.name.endswith(".timing.json") \
+                or rel.as_posix() == artefacts.LOCK
             if p.is_file() and rel.as_posix() not in listed and rel.as_posix() != MANIFEST and not bookkeeping:
                 findings.append(Finding("unlisted", p, "no manifest lists it; readers ignore it"))
     return findings, checked

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,26 +79,69 @@ def shards_to_run(cfg: CommonConfig, stage: str, upstream: dict[str, str], expli
     return lineage.pending_shards(cfg, stage, upstream) or [0]
 
 
-def execute(cfg: CommonConfig, stage: str, shard_index: int, *, verbose: bool = False) -> Path:
-    """Run a stage notebook once with papermill; returns the executed notebook's path.
+KERNEL_START_ATTEMPTS = 5
+# what jupyter_client / nbclient raise when a kernel dies or hangs before its first reply; with several
+# notebooks started at once on one node, the usual cause is a port another kernel bound between
+# jupyter_client's choice of it and this kernel's bind ("Address already in use" in the kernel's log)
+_KERNEL_START_ERRORS = ("Kernel died before replying to kernel_info", "Kernel didn't respond",
+                        "Address already in use")
+
+
+def _kernel_start_failure(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _KERNEL_START_ERRORS)
+
+
+def execute_notebook(source: Path, out: Path, parameters: dict, *, label: str, verbose: bool = False,
+                     attempts: int = KERNEL_START_ATTEMPTS) -> None:
+    """Execute ``source`` into ``out`` with papermill, retrying a kernel that fails to start.
+
+    A kernel that dies before its first reply (a port race between notebooks started at the same
+    moment) is relaunched after a random 0.2-2 s pause, up to ``attempts`` launches in all; nothing
+    of the notebook ran in a failed launch.
 
     Raises:
-        StageFailed: the notebook raised (its executed copy keeps the error cell).
+        StageFailed: a cell raised (the executed copy keeps the error cell), or the kernel failed to
+            start ``attempts`` times (one line naming ``label`` and the last error).
     """
     import papermill  # 3 s to import: only when something really runs
     from papermill.exceptions import PapermillExecutionError
 
-    out = artefacts.stage_dir(cfg.run_root, stage) / "notebooks" / f"shard-{shard_index:05d}.ipynb"
+    for attempt in range(1, attempts + 1):
+        try:
+            papermill.execute_notebook(str(source), str(out), parameters=parameters, kernel_name="python3",
+                                       progress_bar=False, log_output=verbose, cwd=str(Path.cwd()))
+            return
+        except PapermillExecutionError as e:
+            raise StageFailed(f"{label} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
+                              f"see the executed notebook {out}") from None
+        except RuntimeError as e:
+            if not _kernel_start_failure(e):
+                raise
+            if attempt == attempts:
+                raise StageFailed(f"{label}: the Jupyter kernel failed to start {attempts} times (last: {e}); "
+                                  "too many kernels starting at once on this node? see the node's free ports "
+                                  "and memory") from None
+            time.sleep(random.uniform(0.2, 2.0))
+
+
+def execute(cfg: CommonConfig, stage: str, shard_index: int, *, verbose: bool = False) -> Path:
+    """Run a stage notebook once with papermill; returns the executed notebook's path.
+
+    The executed copy is ``<stage dir>/notebooks/shard-XXXXX.ipynb``, or, inside a scheduler task
+    (``EZSD_TASK_TAG`` set by ``ezsd submit``), ``shard-XXXXX.<job>_<task>.ipynb``.
+
+    Raises:
+        StageFailed: the notebook raised (its executed copy keeps the error cell), or its kernel could
+            not start.
+    """
+    tag = os.environ.get("EZSD_TASK_TAG")
+    name = f"shard-{shard_index:05d}" + (f".{tag}" if tag else "") + ".ipynb"
+    out = artefacts.stage_dir(cfg.run_root, stage) / "notebooks" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     params = config.config_dict(cfg)
     if "shard_index" in params:
         params["shard_index"] = shard_index
-    try:
-        papermill.execute_notebook(str(notebook_path(stage)), str(out), parameters=params, kernel_name="python3",
-                                   progress_bar=False, log_output=verbose, cwd=str(Path.cwd()))
-    except PapermillExecutionError as e:
-        raise StageFailed(f"stage {stage} failed ({e.ename}: {e.evalue.splitlines()[0] if e.evalue else ''}); "
-                          f"see the executed notebook {out}") from None
+    execute_notebook(notebook_path(stage), out, params, label=f"stage {stage}", verbose=verbose)
     return out
 
 

@@ -59,6 +59,7 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device: got {device!r} but CUDA is not available here; use device: cpu or auto")
         check_cuda_arch(dev)
+        enable_tf32()
     return dev
 
 
@@ -73,6 +74,34 @@ def check_cuda_arch(dev: torch.device) -> None:
         raise ValueError(f"device: {torch.cuda.get_device_name(dev)} has compute capability {major}.{minor}, but "
                          f"torch {torch.__version__} was built for {', '.join(archs)}; install a build of the same "
                          f"torch version with kernels for sm_{major}{minor} (e.g. a CUDA 12 wheel)")
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype of a params ``amp`` knob: None when off or not on CUDA (the CPU path is exact
+    float32), bfloat16 where the GPU has it (compute capability >= 8.0), else float16 (e.g. a V100)."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, enabled: bool):
+    """``torch.autocast`` with ``amp_dtype``, or a no-op context when that is None."""
+    import contextlib
+
+    dtype = amp_dtype(device, enabled)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def enable_tf32() -> None:
+    """TF32 cuBLAS matmuls and cuDNN convolutions on Ampere and later (float32 inputs, 10-bit mantissa
+    products). Only the CUDA backends are set: CPU matmuls keep full float32 whatever runs before them."""
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
@@ -99,11 +128,16 @@ def distributed_rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started (``WORLD_SIZE``; 1 outside it), before joining any group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed() -> tuple[int, int]:
     """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1): nccl on CUDA, else gloo."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    if launched_world_size() > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return distributed_rank_and_size()
 

@@ -12,6 +12,7 @@ Layer 1: torch, safetensors; imports artefacts, structures.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -93,19 +94,32 @@ class RaggedShard:
     """Lazy reader of one shard: ``len(shard)`` images, ``shard.rows(i, group)`` their rows.
 
     Row tensors are sliced from the file on demand (safetensors memory-maps it), so a multi-GB
-    shard of embeddings costs only the rows that are read.
+    shard of embeddings costs only the rows that are read. The file handle is opened lazily, once
+    per process: a pickled reader (a DataLoader worker started by spawn or forkserver) carries the
+    path and the small index tensors, never the handle, and reopens the file where it is used.
     """
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self._file = safe_open(str(self.path), framework="pt")
-        self.metadata = dict(self._file.metadata() or {})
-        self.image_ids: Tensor = self._file.get_tensor("image_ids")
-        keys = list(self._file.keys())
-        self.image_fields = {k: self._file.get_tensor(k) for k in keys if k.startswith("image_")}
+        self._handle, self._pid = None, None
+        f = self._file
+        self.metadata = dict(f.metadata() or {})
+        self.image_ids: Tensor = f.get_tensor("image_ids")
+        keys = list(f.keys())
+        self.image_fields = {k: f.get_tensor(k) for k in keys if k.startswith("image_")}
         self.groups = sorted(k[: -len("_offsets")] for k in keys if k.endswith("_offsets"))
-        self._offsets = {g: self._file.get_tensor(f"{g}_offsets") for g in self.groups}
+        self._offsets = {g: f.get_tensor(f"{g}_offsets") for g in self.groups}
         self._keys = {g: [k for k in keys if k.startswith(f"{g}_") and k != f"{g}_offsets"] for g in self.groups}
+
+    @property
+    def _file(self):
+        """The safetensors handle of this process (reopened after a fork or an unpickling)."""
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = safe_open(str(self.path), framework="pt"), os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handle": None, "_pid": None}
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -170,18 +184,19 @@ def build_in_parts(path: Path | str, key: str, items: Sequence, work, *, chunk: 
         key: writer key (``artefacts.shard_key``); stale parts (other keys) are recomputed.
         items: the shard's work items (e.g. image records), in order.
         work: ``work(list_of_items) -> (image_ids, groups, image_fields)``, the arguments of ``write_shard``.
-        chunk: items per part.
+        chunk: items per part (parts written with another chunk size are recomputed).
         metadata: called after the work, returns the final shard's header metadata (``key`` is added).
     """
     path = Path(path)
     parts_dir = _parts_dir(path)
     names = []
+    part_key = f"{key}/{chunk}"  # a part covers other items when the part size changes
     for c, start in enumerate(range(0, len(items), chunk)):
         part = parts_dir / f"part-{c:05d}.safetensors"
         names.append(part)
-        if not is_current(part, key):
+        if not is_current(part, part_key):
             ids, groups, fields = work(list(items[start:start + chunk]))
-            write_shard(part, ids, groups, {"key": key}, image_fields=fields)
+            write_shard(part, ids, groups, {"key": part_key}, image_fields=fields)
     ids, groups, fields = _concat([RaggedShard(p) for p in names])
     if not names:  # an empty shard still records its (empty) groups
         ids, groups, fields = work([])

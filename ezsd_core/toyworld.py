@@ -260,7 +260,7 @@ def generate(out: Path | str, spec: WorldSpec, *, workers: int | None = None, fo
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists and is not a toy world made with these arguments by this version "
                               "of ezsd; pass --force to replace it")
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(artefacts.temp_name(out.name))
     ids = category_ids()
     uniform = np.ones(len(CATEGORY_NAMES))
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:

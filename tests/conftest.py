@@ -59,3 +59,15 @@ def smoke_stages(smoke_world: Path, tmp_path_factory) -> tuple[Path, Path]:
     run_stages_in_process(smoke_world, run_root, ["pretrain_clip", "finetune_clip", "propose_regions",
                                                   "extract_features"])
     return smoke_world, run_root
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline_run(smoke_world: Path, tmp_path_factory) -> tuple[Path, list[str], list]:
+    """The whole smoke pipeline run once through papermill (``pipeline.run``), shared by the e2e tests and
+    the cluster test that compares a SLURM run with it: (run_root, overrides, outcomes)."""
+    from ezsd_core import pipeline
+
+    run_root = tmp_path_factory.mktemp("runs") / "smoke"
+    overrides = [f"common.data_root={smoke_world}", f"common.run_root={run_root}"]
+    outcomes = pipeline.run(REPO / "params/smoke.yaml", overrides=overrides, echo=print)
+    return run_root, overrides, outcomes

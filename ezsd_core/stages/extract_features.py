@@ -29,7 +29,6 @@ from ezsd_core.config import ExtractFeaturesConfig
 from ezsd_core.structures import ImageRecord, RegionSet
 
 STAGE = "extract_features"
-CHUNK_IMAGES = 256
 log = logging.getLogger(__name__)
 
 
@@ -197,8 +196,12 @@ def run(cfg: ExtractFeaturesConfig) -> StageResult:
         bar = tqdm(total=len(items), desc=f"extract_features shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)
         bar.kept = 0
-        shards.build_in_parts(path, key, items, lambda chunk: _extract_chunk(chunk, ctx, cfg, bar),
-                              chunk=CHUNK_IMAGES, metadata=lambda: {"split": cfg.split, "stage": STAGE})
+        def work(chunk):
+            with runtime.autocast(device, cfg.amp):  # bf16/fp16 CLIP on CUDA when amp is on
+                return _extract_chunk(chunk, ctx, cfg, bar)
+
+        shards.build_in_parts(path, key, items, work,
+                              chunk=cfg.images_per_part, metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
     return finalize_if_complete(cfg, out, key, chash, upstream, started)
 
@@ -210,6 +213,12 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
     done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
+    manifest = lineage.finalize_once(out, key, lambda: _write_manifest(cfg, out, paths, chash, upstream, started))
+    return StageResult(out, False, manifest["summary"])
+
+
+def _write_manifest(cfg: ExtractFeaturesConfig, out: Path, paths: list[Path], chash: str, upstream: dict,
+                    started: str) -> dict:
     per_image, gt, empty = [], 0, 0
     for p in paths:
         shard = shards.RaggedShard(p)
@@ -220,7 +229,6 @@ def finalize_if_complete(cfg: ExtractFeaturesConfig, out: Path, key: str, chash:
     summary = {"num_images": len(per_image), "regions_per_image_mean": float(np.mean(per_image)) if per_image else 0.0,
                "images_without_regions": empty, "num_gt_embeds": gt, "num_region_embeds": int(sum(per_image)),
                **data.input_counts(cfg, ("train",))}
-    manifest = artefacts.write_manifest(
+    return artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=[str(p.relative_to(out)) for p in paths], summary=summary, started_at=started)
-    return StageResult(out, False, manifest["summary"])

@@ -117,11 +117,12 @@ def _loader(ds: GTCrops, batch_size: int, workers: int, shuffle: bool, seed: int
 
 @torch.no_grad()
 def evaluate(model: clip.Clip, loader: torch.utils.data.DataLoader, text: Tensor, novel_class: Tensor,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, amp: bool = False) -> dict[str, float]:
     """Top-1 accuracy of val GT crops over the all-category vocabulary (``text``: (K, D))."""
     preds, labels, areas = [], [], []
     for x, y, a in loader:
-        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
+        with runtime.autocast(device, amp):
+            emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1).float()
         preds.append((emb @ text.T).argmax(1).cpu())
         labels.append(y)
         areas.append(a)
@@ -141,6 +142,7 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
     gen = torch.Generator().manual_seed(cfg.seed)
     text_frozen = "text" not in cfg.towers
     fixed_text = clip.encode_texts(model, names, cfg.prompt_templates).detach() if text_frozen else None
+    scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp_dtype(device, cfg.amp) == torch.float16)
     model.model.train()
     epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / max(1, len(loader)))
     for epoch in range(epochs):
@@ -151,13 +153,16 @@ def train(model: clip.Clip, loader, names: tuple[str, ...], cfg: FinetuneClipCon
                 break
             flip = torch.rand(len(x), generator=gen) < cfg.hflip_prob
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
-            text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
-            loss = classification_loss(emb, text, y.to(device), scale, cfg.loss)
+            with runtime.autocast(device, cfg.amp):
+                emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
+                text = fixed_text if text_frozen else clip.encode_texts(model, names, cfg.prompt_templates)
+            loss = classification_loss(emb.float(), text.float(), y.to(device), scale, cfg.loss)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             if step % cfg.log_every == 0:
                 rows.append({"step": step, "epoch": epoch + 1, "loss": round(loss.item(), 5)})
@@ -223,7 +228,7 @@ def run(cfg: FinetuneClipConfig) -> StageResult:
     val_loader = _loader(make(val_records, label("all")), 16, cfg.num_workers, False, cfg.seed)
     novel_class = torch.tensor([split.role_of(c) == "novel" for c in split.ids("all")])
     all_rows = [split.category_ids.index(c) for c in split.ids("all")]
-    measure = lambda every: evaluate(model, val_loader, every[all_rows].to(device), novel_class, device)
+    measure = lambda every: evaluate(model, val_loader, every[all_rows].to(device), novel_class, device, cfg.amp)
     every = category_embeds(model, split, cfg.prompt_templates)
     before = measure(every)
     t0 = time.perf_counter()

@@ -30,7 +30,6 @@ from ezsd_core.structures import ImageRecord, RegionSet
 
 STAGE = "propose_regions"
 RECALL_KS = (10, 100)
-CHUNK_IMAGES = 256  # images per resumable part of a shard
 log = logging.getLogger(__name__)
 
 
@@ -162,6 +161,13 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
     done = [lineage.shard_current(out, str(p.relative_to(out)), key) for p in paths]
     if not all(done):
         return StageResult(out, False, {"shards_done": sum(done), "num_shards": cfg.num_shards})
+    manifest = lineage.finalize_once(out, key, lambda: _write_metrics_and_manifest(cfg, out, paths, chash, upstream,
+                                                                                   started))
+    return StageResult(out, False, manifest["summary"])
+
+
+def _write_metrics_and_manifest(cfg: ProposeRegionsConfig, out, paths: list, chash: str, upstream: dict,
+                                started: str) -> dict:
     regions, per_image, seconds, crops_done = {}, [], 0.0, 0
     for p in paths:
         shard = shards.RaggedShard(p)
@@ -182,11 +188,10 @@ def finalize_if_complete(cfg: ProposeRegionsConfig, out, key: str, chash: str, u
                     **data.input_counts(cfg)})
     artefacts.atomic_write_json(out / "metrics.json", metrics)  # deterministic; throughput goes to the summary
     speed = {"crops_per_second": round(crops_done / seconds, 1) if seconds else None}
-    manifest = artefacts.write_manifest(
+    return artefacts.write_manifest(
         out, stage=STAGE, split=cfg.split, config=config.config_dict(cfg), config_hash=chash, upstream=upstream,
         outputs=[str(p.relative_to(out)) for p in paths] + ["metrics.json"], summary={**metrics, **speed},
         started_at=started)
-    return StageResult(out, False, manifest["summary"])
 
 
 def scoring_clip(cfg: ProposeRegionsConfig, device: torch.device) -> tuple[clip.Clip, Tensor, Tensor]:
@@ -228,8 +233,10 @@ def run(cfg: ProposeRegionsConfig) -> StageResult:
         bar = tqdm(total=len(items), desc=f"propose_regions shard {cfg.shard_index + 1}/{cfg.num_shards}",
                    unit="img", mininterval=5)
         bar.t0, bar.crops = time.perf_counter(), 0
-        work = lambda chunk: _propose_chunk(chunk, model, emb, ids, cfg, bar)
-        shards.build_in_parts(path, key, items, work, chunk=CHUNK_IMAGES,
+        def work(chunk):
+            with runtime.autocast(device, cfg.amp):  # bf16/fp16 CLIP on CUDA when amp is on; scores in fp32
+                return _propose_chunk(chunk, model, emb, ids, cfg, bar)
+        shards.build_in_parts(path, key, items, work, chunk=cfg.images_per_part,
                               metadata=lambda: {"split": cfg.split, "stage": STAGE})
         bar.close()
         # timing stays out of the shard (whose bytes must depend on its content only)

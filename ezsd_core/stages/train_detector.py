@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -109,7 +111,7 @@ class Schedule:
     images_per_epoch: int
 
 
-def schedule(cfg: TrainDetectorConfig, factors: np.ndarray) -> Schedule:
+def schedule(cfg: TrainDetectorConfig, factors: np.ndarray, batch_size: int | None = None) -> Schedule:
     """The schedule of a config over the training images it really has.
 
     An ``epochs`` schedule is converted with the images an epoch draws, E = round(sum of the repeat
@@ -120,10 +122,12 @@ def schedule(cfg: TrainDetectorConfig, factors: np.ndarray) -> Schedule:
     Args:
         cfg: the stage config (``epochs`` xor ``max_steps``; ``lr_steps``; ``warmup_steps``; ``batch_size``).
         factors: (I,) float64 repeat factor of each training image after the input rules (``repeat_factors``).
+        batch_size: images per step over all processes (``config.train_batch``; default ``cfg.batch_size``).
 
     Raises:
         ValueError: no training image, or an LR drop after the last epoch.
     """
+    b = batch_size or cfg.batch_size
     if cfg.epochs is None:
         return Schedule(cfg.max_steps, tuple(cfg.lr_steps), cfg.warmup_steps, 0)
     images = int(round(float(np.sum(factors))))
@@ -133,8 +137,8 @@ def schedule(cfg: TrainDetectorConfig, factors: np.ndarray) -> Schedule:
     if late:
         raise ValueError(f"lr_steps: {late[0]} is after the last of epochs={cfg.epochs} (with epochs, lr_steps are "
                          f"epochs)")
-    return Schedule(max_steps=math.ceil(cfg.epochs * images / cfg.batch_size),
-                    lr_steps=tuple(round(e * images / cfg.batch_size) for e in cfg.lr_steps),
+    return Schedule(max_steps=math.ceil(cfg.epochs * images / b),
+                    lr_steps=tuple(round(e * images / b) for e in cfg.lr_steps),
                     warmup_steps=cfg.warmup_steps, images_per_epoch=images)
 
 
@@ -221,6 +225,39 @@ def _to(device: torch.device, batch: list) -> tuple[list, list, list | None]:
     return images, targets, distill
 
 
+class _StopRequest:
+    """Set by the preemption signal (SLURM's ``--signal``, ``SUBMITIT_PREEMPT_SIGNAL``, default USR2) or by
+    ``checkpoints/PREEMPT``; every rank agrees on it at each step (a MAX all-reduce)."""
+
+    def __init__(self, stop_file: Path, world: int):
+        self.stop_file, self.world, self.signalled = stop_file, world, False
+        self.signum = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+        self.old = signal.signal(self.signum, self._handle) if _main_thread() else None
+
+    def _handle(self, signum, frame) -> None:
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        flag = self.signalled or self.stop_file.exists()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = torch.tensor([int(flag)])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        return flag
+
+    def close(self) -> None:
+        if self.old is not None:
+            signal.signal(self.signum, self.old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
 NO_DECAY = ("log_temperature", "background.weight")  # decay would pull T towards 1 and bg towards 0
 
 
@@ -241,37 +278,43 @@ def _optimizer(model: torch.nn.Module, cfg: TrainDetectorConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
-          out: Path, config_hash: str, sched: Schedule | None = None) -> dict:
+def _train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
+           out: Path, config_hash: str, stop: _StopRequest, sched: Schedule | None = None) -> dict:
     """The training loop: resumes from ``checkpoints/last.pt`` (same config hash) and checkpoints every
     ``checkpoint_every`` steps; appends ``train_log.jsonl`` (truncated to the checkpoint on resume).
 
+    On the preemption signal (or ``checkpoints/PREEMPT``) it checkpoints after the current step and
+    returns at once with ``preempted_at_step``; the requeued run resumes from there.
+
     Returns:
-        Summary numbers (steps, seconds per step, last logged losses).
+        Summary numbers (steps, seconds per step, last logged losses; ``preempted_at_step`` when stopped).
     """
     rank, world = runtime.distributed_rank_and_size()
+    batch_size, lr = config.train_batch(cfg, world)
     ddp = runtime.wrap_ddp(model, device) if world > 1 else model
     opt = _optimizer(model, cfg)
-    amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    amp_dtype = runtime.amp_dtype(device, cfg.amp)  # bf16 where the GPU has it (no scaler), else fp16 + scaler
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     ckpt_path, log_path = out / "checkpoints" / "last.pt", out / "train_log.jsonl"
     start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
     factors = repeat_factors(dataset.records, cfg.repeat_factor_thresh)
-    sched = sched or schedule(cfg, factors)
-    plan = batch_plan(len(dataset), factors, cfg.batch_size, sched.max_steps, cfg.seed)
+    sched = sched or schedule(cfg, factors, batch_size)
+    plan = batch_plan(len(dataset), factors, batch_size, sched.max_steps, cfg.seed)
     mine = [b[rank::world] for b in plan[start:]]
     # a generator of its own: creating the iterator must not draw from torch's global RNG (exact resume)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=cfg.num_workers, collate_fn=list,
                                          generator=torch.Generator().manual_seed(cfg.seed))
     sums: dict[str, float] = {}
     t0, step = time.perf_counter(), start
+    state = lambda n: {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                       "step": n, "torch_rng": torch.get_rng_state(), "config_hash": config_hash}
     ddp.train()
     for step, batch in enumerate(tqdm(loader, desc="train_detector", initial=start, total=sched.max_steps,
                                       mininterval=10, disable=rank > 0), start):
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, sched, cfg.lr_schedule)
+            g["lr"] = lr * lr_factor(step, sched, cfg.lr_schedule)
         images, targets, distill = _to(device, batch)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with runtime.autocast(device, cfg.amp):
             losses = ddp(images, targets, distill).losses
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -284,18 +327,34 @@ def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetec
         for k, v in {**losses, "loss": loss}.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         if (step + 1) % cfg.log_every == 0 and rank == 0:
-            row = {"step": step + 1, "lr": round(cfg.lr * lr_factor(step, sched, cfg.lr_schedule), 8),
+            row = {"step": step + 1, "lr": round(lr * lr_factor(step, sched, cfg.lr_schedule), 8),
                    **{k: round(v / cfg.log_every, 5) for k, v in sums.items()}}
             with open(log_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
             sums = {}
         if (step + 1) % cfg.checkpoint_every == 0 and rank == 0 and step + 1 < sched.max_steps:
-            runtime.save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                                "scaler": scaler.state_dict(), "step": step + 1,
-                                                "torch_rng": torch.get_rng_state(), "config_hash": config_hash})
+            runtime.save_checkpoint(ckpt_path, state(step + 1))
+        if step + 1 < sched.max_steps and stop():
+            if rank == 0 and (step + 1) % cfg.checkpoint_every:
+                runtime.save_checkpoint(ckpt_path, state(step + 1))
+            log.warning("preempted: checkpointed at step %d; a rerun resumes from it", step + 1)
+            return {"steps": sched.max_steps, "resumed_from_step": start, "preempted_at_step": step + 1}
     steps_run = sched.max_steps - start
     return {"steps": sched.max_steps, "images_per_epoch": sched.images_per_epoch, "resumed_from_step": start,
+            "images_per_step": batch_size,
             "seconds_per_step": round((time.perf_counter() - t0) / max(steps_run, 1), 3)}
+
+
+def train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDetectorConfig, device: torch.device,
+          out: Path, config_hash: str, sched: Schedule | None = None) -> dict:
+    """The training loop (``_train``) with the preemption signal handled: ``checkpoints/PREEMPT`` is cleared,
+    the handler installed, and the previous handler restored however the loop ends."""
+    (out / artefacts.PREEMPT_FILE).unlink(missing_ok=True)
+    stop = _StopRequest(out / artefacts.PREEMPT_FILE, runtime.distributed_rank_and_size()[1])
+    try:
+        return _train(model, dataset, cfg, device, out, config_hash, stop, sched)
+    finally:
+        stop.close()
 
 
 def _resume(path: Path, model, opt, scaler, cfg: TrainDetectorConfig, config_hash: str, log_path: Path) -> int:
@@ -348,6 +407,7 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
     determinism = runtime.seed_everything(cfg.seed)
     runtime.configure_threads()
+    config.train_batch(cfg, runtime.launched_world_size())  # a batch the processes cannot share: one line, now
     rank, world = runtime.init_distributed()
     device = runtime.resolve_device(cfg.device) if world == 1 else runtime.distributed_device(cfg.device)
     begun = lineage.begin(cfg, STAGE)
@@ -365,11 +425,12 @@ def run(cfg: TrainDetectorConfig) -> StageResult:
     if cfg.backbone == "toy" and cfg.pretrained_backbone:
         load_toy_backbone(model, cfg.run_root)
     model = model.to(device)
-    sched = schedule(cfg, repeat_factors(records, cfg.repeat_factor_thresh))
-    log.info("schedule: %d steps of %d images (%s)", sched.max_steps, cfg.batch_size,
+    step_batch = config.train_batch(cfg, runtime.distributed_rank_and_size()[1])[0]
+    sched = schedule(cfg, repeat_factors(records, cfg.repeat_factor_thresh), step_batch)
+    log.info("schedule: %d steps of %d images (%s)", sched.max_steps, step_batch,
              f"{cfg.epochs} epochs of {sched.images_per_epoch} images" if cfg.epochs else "max_steps")
     summary = train(model, DistillDataset(records, label_of, feats, cfg), cfg, device, out, chash, sched)
-    if rank > 0:
+    if rank > 0 or "preempted_at_step" in summary:  # a preempted run writes no model and no manifest
         return StageResult(out, False, summary)
     shards.save_tensors(out / "model.safetensors", model.state_dict(), {"stage": STAGE})
     (out / "checkpoints" / "last.pt").unlink(missing_ok=True)  # resume state of a finished run
@@ -397,10 +458,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = config.stage_config(config.read_params(args.params), STAGE, source=str(args.params), overrides=args.set)
-    result = run(cfg)
+    try:
+        cfg = config.stage_config(config.read_params(args.params), STAGE, source=str(args.params), overrides=args.set)
+        result = run(cfg)
+    except config.ConfigError as e:  # one line per process, not a traceback from every rank
+        print(f"ezsd: error: {e}", file=sys.stderr)
+        sys.exit(2)
     runtime.finish_distributed()
     log.info("%s", result)
+    if "preempted_at_step" in result.summary:
+        sys.exit(3)  # not finished: the requeued job resumes from the checkpoint
 
 
 if __name__ == "__main__":

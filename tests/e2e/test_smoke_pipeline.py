@@ -16,11 +16,8 @@ PARAMS = ROOT / "params/smoke.yaml"
 
 
 @pytest.fixture(scope="module")
-def smoke_run(smoke_world: Path, tmp_path_factory) -> tuple[Path, list[str], list[pipeline.Outcome]]:
-    run_root = tmp_path_factory.mktemp("runs") / "smoke"
-    overrides = [f"common.data_root={smoke_world}", f"common.run_root={run_root}"]
-    outcomes = pipeline.run(PARAMS, overrides=overrides, echo=print)
-    return run_root, overrides, outcomes
+def smoke_run(smoke_pipeline_run) -> tuple[Path, list[str], list[pipeline.Outcome]]:
+    return smoke_pipeline_run  # one local run per session (the cluster test compares against it too)
 
 
 def _stages() -> list[str]:

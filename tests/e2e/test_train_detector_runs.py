@@ -72,3 +72,40 @@ def test_two_gloo_processes_train_with_ddp(smoke_stages, tmp_path: Path) -> None
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(r["loss"] > 0 and r["loss"] < 1e3 for r in rows) and "loss_distill" in rows[0]
+
+
+def test_the_preemption_signal_checkpoints_and_the_rerun_ends_bit_identical(smoke_stages, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    """SLURM's ``--signal`` (USR2) mid-run: training checkpoints after that step and stops without a
+    manifest; the requeued run resumes there and ends with the weights of an uninterrupted run."""
+    import os
+    import signal
+
+    from conftest import run_stages_in_process
+
+    from ezsd_core.stages import train_detector as td
+
+    world, run_root = smoke_stages
+    steps = ("train_detector.max_steps=6", "train_detector.checkpoint_every=100", "train_detector.log_every=1")
+    whole = _copy_run(run_root, tmp_path / "whole")
+    run_stages_in_process(world, whole, ["train_detector"], steps)
+    stopped = _copy_run(run_root, tmp_path / "stopped")
+    real = td.lr_factor
+
+    def signal_at_step_2(step, cfg):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)  # what SLURM sends --signal seconds before the time limit
+        return real(step, cfg)
+
+    monkeypatch.setattr(td, "lr_factor", signal_at_step_2)
+    run_stages_in_process(world, stopped, ["train_detector"], steps)
+    monkeypatch.setattr(td, "lr_factor", real)
+    folder = artefacts.stage_dir(stopped, "train_detector")
+    assert artefacts.read_manifest(folder) is None and not (folder / "model.safetensors").exists()
+    assert runtime.load_checkpoint(folder / "checkpoints/last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL, "the handler is put back"
+    run_stages_in_process(world, stopped, ["train_detector"], steps)
+    a = load_file(str(artefacts.stage_dir(whole, "train_detector") / "model.safetensors"))
+    b = load_file(str(folder / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), "resumed weights differ"
+    assert artefacts.read_manifest(folder)["summary"]["resumed_from_step"] == 3
