@@ -92,10 +92,10 @@ def test_the_preemption_signal_checkpoints_and_the_rerun_ends_bit_identical(smok
     stopped = _copy_run(run_root, tmp_path / "stopped")
     real = td.lr_factor
 
-    def signal_at_step_2(step, cfg):
+    def signal_at_step_2(step, *args):
         if step == 2:
             os.kill(os.getpid(), signal.SIGUSR2)  # what SLURM sends --signal seconds before the time limit
-        return real(step, cfg)
+        return real(step, *args)
 
     monkeypatch.setattr(td, "lr_factor", signal_at_step_2)
     run_stages_in_process(world, stopped, ["train_detector"], steps)
