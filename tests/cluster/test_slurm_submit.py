@@ -114,7 +114,8 @@ def test_a_task_killed_mid_way_resumes_from_its_finished_parts(slurm_cluster, sm
     world = tmp_path / "world"
     shutil.copytree(world0, world)
     run_root = _copy(src, tmp_path / "smoke", ("pretrain_clip", "finetune_clip"))
-    slow = ["propose_regions.images_per_part=1", "propose_regions.region_anchor_stride=2", "propose_regions.num_shards=1"]
+    slow = ["propose_regions.images_per_part=1", "propose_regions.region_anchor_stride=2",
+            "propose_regions.num_shards=1"]
     overrides, job = _submit_propose(run_root, world, slow, parallel=1)
     parts = artefacts.stage_dir(run_root, "propose_regions") / "regions/.parts/shard-00000-of-00001"
     end = time.monotonic() + 300

@@ -20,6 +20,7 @@ import pytest
 import torch
 from realformat import write_real_dataset
 from safetensors.torch import load_file
+from test_strict_zero_shot import _outputs  # a stage's listed outputs, loaded
 
 from ezsd_core import artefacts, config, splits, trained
 
@@ -105,15 +106,6 @@ def real_run(request, real_data: Path, tmp_path_factory) -> tuple[str, Path]:
 
 def _stage_file(run_root: Path, stage: str, name: str) -> Path:
     return artefacts.stage_dir(run_root, stage) / name
-
-
-def _outputs(run_root: Path, stage: str) -> dict:
-    folder = artefacts.stage_dir(run_root, stage)
-    out = {}
-    for o in artefacts.read_manifest(folder)["outputs"]:
-        p = folder / o["path"]
-        out[o["path"]] = load_file(str(p)) if p.suffix == ".safetensors" else p.read_bytes()
-    return out
 
 
 def test_overrides_touch_only_sizes(tmp_path: Path) -> None:

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_detector import _spec
 
 from ezsd_core import artefacts, detector, shards, trained
 
-SPEC = dict(backbone="toy", pretrained_backbone=False, trainable_backbone_layers=5, fpn_channels=16, min_size=(64,),
-            max_size=64, rpn_anchor_sizes=(8, 16, 32, 64, 128), rpn_anchor_ratios=(0.5, 1.0, 2.0),
-            rpn_pre_nms_train=100,
-            rpn_post_nms_train=50, rpn_pre_nms_test=100, rpn_post_nms_test=50, rpn_batch_size=32,
-            roi_batch_size=16, roi_positive_fraction=0.25, head_shared_convs=1, head_branch_convs=1,
-            head_conv_dim=8, head_fc_dim=32, mask_head_convs=1, mask_head_dim=8, embed_dim=16,
-            temperature_init=20.0, classifier_loss="softmax", box_loss_weight=1.0, distill_weight=1.0,
-            box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100)
+SPEC = {**vars(_spec()), "box_score_thresh": 0.05, "box_detections_per_img": 100}  # test_detector's small spec
 
 
 def _fake_run(root: Path) -> tuple[detector.EzsdDetector, detector.DetectorSpec]:
