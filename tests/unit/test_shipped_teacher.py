@@ -3,12 +3,17 @@ toy world) load and reproduce their recorded held-out web and iconic accuracies 
 
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from ezsd_core import artefacts, clip, toydraw, toyworld
+from ezsd_core import artefacts, clip, config, toydraw, toyworld
 from ezsd_core.stages import pretrain_clip
 
 
@@ -51,3 +56,19 @@ def test_shipped_teacher_reproduces_its_recorded_accuracy() -> None:
     backbone = load_file(str(folder / pretrain_clip.BACKBONE))
     top1 = pretrain_clip.backbone_top1(backbone, torch.cat(backbone_images), torch.tensor(backbone_labels))
     assert top1 == pytest.approx(summary["backbone/heldout_top1_base"], abs=0.01)
+
+
+def test_the_default_world_and_params_reuse_the_shipped_teacher(smoke_world: Path, tmp_path: Path) -> None:
+    """`make demo` must install the shipped teacher, not train one for ~45 CPU-minutes: the recipe of
+    a world drawn with the default WorldSpec under params/toy_coco.yaml is the one the shipped
+    checkpoint records. Fails whenever the teacher's pictures or knobs change without a new teacher."""
+    world = tmp_path / "default"
+    shutil.copytree(smoke_world / "coco" / "annotations", world / "coco" / "annotations")  # the names only
+    info = json.loads((smoke_world / "world.json").read_text())
+    (world / "world.json").write_text(json.dumps({**info, "spec": asdict(toyworld.WorldSpec())}))
+    params = Path(__file__).resolve().parents[2] / "params" / "toy_coco.yaml"
+    cfg = config.stage_config(config.read_params(params), "pretrain_clip", source=str(params),
+                              overrides=[f"common.data_root={world}"])
+    hashes = {part: artefacts.hash_json(r) for part, r in pretrain_clip.recipe(cfg).items()}
+    shipped = artefacts.read_manifest(pretrain_clip.shipped_teacher())["recipe_hashes"]
+    assert hashes == shipped, "retrain the teacher and ship it (README, 'Stage 00')"
