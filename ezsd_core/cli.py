@@ -56,9 +56,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     paths = predict.image_paths(args.images)
     names = export.names_from(args.names, args.names_file)  # before loading anything
-    predictor = predict.Predictor.from_run(args.run, device=args.device, score_thresh=args.score_thresh,
-                                           max_detections=args.max_detections, masks=False,  # JSON has none
-                                           nms_thresh=args.nms_thresh, templates=args.template)
+    predictor = predict.Predictor.from_run(args.run, device=args.device, box_score_thresh=args.box_score_thresh,
+                                           box_detections_per_img=args.box_detections_per_img,
+                                           masks=False,  # JSON has none
+                                           box_nms_thresh=args.box_nms_thresh, templates=args.template)
     results = predictor(paths, names)
     if args.overlay:
         for r in results:
@@ -122,13 +123,38 @@ def _add_check_parser(sub) -> None:
     c.set_defaults(func=_check)
 
 
+# first-release flag -> stage 05's knob name it now carries (one line each, as for params files)
+RENAMED_FLAGS = {"--score-thresh": "--box-score-thresh", "--nms-thresh": "--box-nms-thresh",
+                 "--max-detections": "--box-detections-per-img"}
+
+
+class _RenamedFlag(argparse.Action):
+    """A flag of the first release: one line naming its new name, exit status 2."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"ezsd {parser.prog.split()[-1]}: error: {option_string} is now called {RENAMED_FLAGS[option_string]} "
+              "(stage 05's knob of the same name)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _add_detection_knobs(parser: argparse.ArgumentParser, nms_default: float | None) -> None:
+    """The detection knobs of predict and export, named and meaning as stage 05's (``evaluate.box_*``)."""
+    parser.add_argument("--box-score-thresh", type=float, default=0.3, help="as evaluate.box_score_thresh")
+    parser.add_argument("--box-nms-thresh", type=float, default=nms_default,
+                        help="as evaluate.box_nms_thresh" + (" (default: the run's)" if nms_default is None else ""))
+    parser.add_argument("--box-detections-per-img", type=int, default=100, help="as evaluate.box_detections_per_img")
+    for old in RENAMED_FLAGS:
+        parser.add_argument(old, action=_RenamedFlag, help=argparse.SUPPRESS)
+
+
 def _export(args: argparse.Namespace) -> int:
     from ezsd_core import export
 
     names = export.names_from(args.names, args.names_file)
     out = args.out or args.run / f"detector.{'onnx' if args.format == 'onnx' else 'pt'}"
-    export.export(args.run, names, out, fmt=args.format, templates=args.template, score_thresh=args.score_thresh,
-                  nms_thresh=args.nms_thresh, max_detections=args.max_detections)
+    export.export(args.run, names, out, fmt=args.format, templates=args.template,
+                  box_score_thresh=args.box_score_thresh, box_nms_thresh=args.box_nms_thresh,
+                  box_detections_per_img=args.box_detections_per_img)
     print(f"{args.format} detector for {len(names)} names -> {out} (names in {out}.names.json)")
     return 0
 
@@ -141,9 +167,7 @@ def _add_export_parser(sub) -> None:
     e.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     e.add_argument("--out", type=Path, help="output file (default: <run>/detector.onnx or .pt)")
     e.add_argument("--template", action="append", metavar="TEMPLATE", help="prompt template(s), as for predict")
-    e.add_argument("--score-thresh", type=float, default=0.3, help="as evaluate.score_thresh")
-    e.add_argument("--nms-thresh", type=float, default=0.5, help="as evaluate.nms_thresh")
-    e.add_argument("--max-detections", type=int, default=100, help="as evaluate.max_detections")
+    _add_detection_knobs(e, nms_default=0.5)
     e.set_defaults(func=_export)
 
 
@@ -260,9 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write each image with its boxes as DIR/<stem>.png")
     pr.add_argument("--out", type=Path, help="write the detections as JSON here (default: print them)")
     pr.add_argument("--fiftyone", metavar="NAME", help="also save a persistent FiftyOne dataset with this name")
-    pr.add_argument("--score-thresh", type=float, default=0.3, help="as evaluate.score_thresh")
-    pr.add_argument("--nms-thresh", type=float, default=None, help="as evaluate.nms_thresh (default: the run's)")
-    pr.add_argument("--max-detections", type=int, default=100, help="as evaluate.max_detections")
+    _add_detection_knobs(pr, nms_default=None)
     pr.add_argument("--device", default="cpu")
     pr.set_defaults(func=_predict)
     _add_check_parser(sub)

@@ -50,15 +50,16 @@ def names_from(names: str | None, names_file: Path | str | None) -> list[str]:
 
 
 def frozen_detector(run: Path | str, names: Sequence[str], *, templates: Sequence[str] | None = None,
-                    score_thresh: float = 0.3, nms_thresh: float = 0.5, max_detections: int = 100
+                    box_score_thresh: float = 0.3, box_nms_thresh: float = 0.5, box_detections_per_img: int = 100
                     ) -> FrozenVocabularyDetector:
     """The run's detector (``Predictor.from_run``) classifying ``names`` only, on the CPU, in eval mode.
 
     Args:
         templates: prompt templates averaged per name (default: the run's stage-01 templates).
     """
-    predictor = predict.Predictor.from_run(run, device="cpu", score_thresh=score_thresh, nms_thresh=nms_thresh,
-                                           max_detections=max_detections, masks=False)
+    predictor = predict.Predictor.from_run(run, device="cpu", box_score_thresh=box_score_thresh,
+                                           box_nms_thresh=box_nms_thresh,
+                                           box_detections_per_img=box_detections_per_img, masks=False)
     with torch.no_grad():
         text = clip.encode_texts(predictor.text_model, list(names), tuple(templates or predictor.templates))
     predictor.model.set_vocabulary(text)
@@ -72,8 +73,8 @@ def example_image(model: FrozenVocabularyDetector) -> Tensor:
 
 
 def export(run: Path | str, names: Sequence[str], out: Path | str, *, fmt: str = "onnx",
-           templates: Sequence[str] | None = None, score_thresh: float = 0.3, nms_thresh: float = 0.5,
-           max_detections: int = 100) -> Path:
+           templates: Sequence[str] | None = None, box_score_thresh: float = 0.3, box_nms_thresh: float = 0.5,
+           box_detections_per_img: int = 100) -> Path:
     """Write the run's detector with a frozen vocabulary to ``out`` (atomically) and ``<out>.names.json``.
 
     Args:
@@ -89,13 +90,14 @@ def export(run: Path | str, names: Sequence[str], out: Path | str, *, fmt: str =
     """
     if fmt not in FORMATS:
         raise ValueError(f"format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
-    model = frozen_detector(run, names, templates=templates, score_thresh=score_thresh, nms_thresh=nms_thresh,
-                            max_detections=max_detections)
+    model = frozen_detector(run, names, templates=templates, box_score_thresh=box_score_thresh,
+                            box_nms_thresh=box_nms_thresh, box_detections_per_img=box_detections_per_img)
     x, out = example_image(model), Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"names": list(names), "inputs": "image (3, H, W) float32 in [0, 1]",
             "outputs": "boxes (P, 4) XYXY pixels, scores (P,), labels (P,) int64 index into names",
-            "score_thresh": score_thresh, "nms_thresh": nms_thresh, "max_detections": max_detections}
+            "box_score_thresh": box_score_thresh, "box_nms_thresh": box_nms_thresh,
+            "box_detections_per_img": box_detections_per_img}
     with artefacts.atomic_path(out) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the tracer's warnings about Python values it freezes
         if fmt == "onnx":

@@ -93,13 +93,13 @@ class Predictor:
         self.masks = masks
 
     @classmethod
-    def from_run(cls, run_dir: Path | str, *, device: str = "cpu", score_thresh: float = 0.3,
-                 max_detections: int = 100, masks: bool = False, nms_thresh: float | None = None,
+    def from_run(cls, run_dir: Path | str, *, device: str = "cpu", box_score_thresh: float = 0.3,
+                 box_detections_per_img: int = 100, masks: bool = False, box_nms_thresh: float | None = None,
                  templates: Sequence[str] | None = None) -> Predictor:
         """Load a run's detector (stage 04) and tuned CLIP (stage 01).
 
-        ``score_thresh``, ``nms_thresh`` (per-class NMS IoU; None: the trained spec's) and
-        ``max_detections`` mean what stage 05's knobs of the same names mean. ``templates``: prompt
+        ``box_score_thresh``, ``box_nms_thresh`` (per-class NMS IoU; None: the trained spec's) and
+        ``box_detections_per_img`` mean what stage 05's knobs of the same names mean. ``templates``: prompt
         templates whose embeddings are averaged per name (a prompt ensemble; None: the run's own).
 
         Masks only when asked: ``masks=True`` also pastes (P, H, W) masks at the image's full size (a
@@ -111,8 +111,9 @@ class Predictor:
         """
         run_dir = Path(run_dir)
         dev = runtime.resolve_device(device)
-        model, _ = trained.load_trained_detector(run_dir, dev, box_score_thresh=score_thresh,
-                                                 box_nms_thresh=nms_thresh, box_detections_per_img=max_detections)
+        model, _ = trained.load_trained_detector(run_dir, dev, box_score_thresh=box_score_thresh,
+                                                 box_nms_thresh=box_nms_thresh,
+                                                 box_detections_per_img=box_detections_per_img)
         finetune = artefacts.require_complete(run_dir, "finetune_clip")
         text_model, _ = clip.load_tuned(artefacts.stage_dir(run_dir, "finetune_clip"), dev)
         templates = tuple(templates or load_config(FinetuneClipConfig, finetune["config"]).prompt_templates)

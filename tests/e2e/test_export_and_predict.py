@@ -42,12 +42,12 @@ def test_onnx_export_matches_pytorch_boxes_and_scores(trained, tmp_path: Path, c
     world, run_root = trained
     out = tmp_path / "det.onnx"
     code = cli.main(["export", "--run", str(run_root), "--names", ",".join(NAMES), "--format", "onnx",
-                     "--out", str(out), "--score-thresh", "0.0"])
+                     "--out", str(out), "--box-score-thresh", "0.0"])
     assert code == 0 and out.is_file(), capsys.readouterr().err
     meta = json.loads(Path(f"{out}.names.json").read_text())
     assert meta["names"] == NAMES
     assert json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["ezsd"])["names"] == NAMES
-    reference = export.frozen_detector(run_root, NAMES, score_thresh=0.0)
+    reference = export.frozen_detector(run_root, NAMES, box_score_thresh=0.0)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     for path in _images(world)[:3]:
         image = data.read_image(path).float().div(255)
@@ -62,9 +62,9 @@ def test_onnx_export_matches_pytorch_boxes_and_scores(trained, tmp_path: Path, c
 
 def test_torchscript_export_matches_pytorch(trained, tmp_path: Path) -> None:
     world, run_root = trained
-    out = export.export(run_root, NAMES, tmp_path / "det.pt", fmt="torchscript", score_thresh=0.0)
+    out = export.export(run_root, NAMES, tmp_path / "det.pt", fmt="torchscript", box_score_thresh=0.0)
     scripted = torch.jit.load(str(out))
-    reference = export.frozen_detector(run_root, NAMES, score_thresh=0.0)
+    reference = export.frozen_detector(run_root, NAMES, box_score_thresh=0.0)
     image = data.read_image(_images(world)[0]).float().div(255)
     with torch.no_grad():
         got, want = scripted(image), reference(image)
@@ -88,7 +88,7 @@ def test_predict_names_file_ensemble_nms_and_overlays(trained, tmp_path: Path) -
     templates = ["a photo of a {}", "a drawing of a {}"]
     code = cli.main(["predict", "--run", str(run_root), "--images", str(world / "coco/val"), "--names-file",
                      str(tmp_path / "names.txt"), "--template", templates[0], "--template", templates[1],
-                     "--score-thresh", "0.0", "--nms-thresh", "0.2", "--overlay", str(tmp_path / "png"),
+                     "--box-score-thresh", "0.0", "--box-nms-thresh", "0.2", "--overlay", str(tmp_path / "png"),
                      "--out", str(tmp_path / "dets.json")])
     assert code == 0
     payload = json.loads((tmp_path / "dets.json").read_text())
@@ -111,7 +111,7 @@ def test_predict_names_file_ensemble_nms_and_overlays(trained, tmp_path: Path) -
 def test_prompt_ensemble_averages_the_templates(trained) -> None:
     world, run_root = trained
     templates = ("a photo of a {}", "a drawing of a {}")
-    predictor = predict.Predictor.from_run(run_root, score_thresh=0.0, templates=templates)
+    predictor = predict.Predictor.from_run(run_root, box_score_thresh=0.0, templates=templates)
     predictor(_images(world)[:1], NAMES)
     got = predictor.model.roi_heads.box_predictor.text_embeds
     with torch.no_grad():

@@ -28,7 +28,7 @@ def trained(smoke_stages, tmp_path_factory) -> tuple[Path, Path]:
 def test_predictor_detects_any_names(trained) -> None:
     world, run_root = trained
     images = predict.image_paths([world / "coco/val"])
-    predictor = predict.Predictor.from_run(run_root, score_thresh=0.0, max_detections=5, masks=True)
+    predictor = predict.Predictor.from_run(run_root, box_score_thresh=0.0, box_detections_per_img=5, masks=True)
     results = predictor(images[:2], ["heart", "star", "kite"])
     assert len(results) == 2 and all(len(r.names) <= 5 for r in results)
     assert {n for r in results for n in r.names} <= {"heart", "star", "kite"}
@@ -54,7 +54,7 @@ def test_cli_predict_writes_json(trained, tmp_path: Path, capsys) -> None:
     world, run_root = trained
     out = tmp_path / "results.json"
     rc = cli.main(["predict", "--run", str(run_root), "--images", str(world / "coco/val"), "--names", "heart,ring",
-                   "--out", str(out), "--score-thresh", "0.0"])
+                   "--out", str(out), "--box-score-thresh", "0.0"])
     assert rc == 0 and len(json.loads(out.read_text())) == 4
     assert cli.main(["predict", "--run", str(run_root), "--images", str(world / "coco/val"), "--names", ","]) == 2
     assert "give at least one category name" in capsys.readouterr().err

@@ -34,11 +34,11 @@ def test_predict_pastes_masks_only_when_asked(finished_run, pasted, tmp_path: Pa
     big = tmp_path / "big.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)).save(big)
     assert cli.main(["predict", "--run", str(run_root), "--images", str(big), "--names", "circle,square",
-                     "--score-thresh", "0.0", "--out", str(tmp_path / "d.json")]) == 0
+                     "--box-score-thresh", "0.0", "--out", str(tmp_path / "d.json")]) == 0
     assert pasted == [], "the JSON holds boxes only: no (P, 1500, 1500) masks were made"
     capsys.readouterr()
-    lean = predict.Predictor.from_run(run_root, score_thresh=0.0, masks=False)([big], ["circle"])[0]
+    lean = predict.Predictor.from_run(run_root, box_score_thresh=0.0, masks=False)([big], ["circle"])[0]
     assert lean.masks is None and pasted == [] and len(lean.boxes)
-    full = predict.Predictor.from_run(run_root, score_thresh=0.0, masks=True)([big], ["circle"])[0]
+    full = predict.Predictor.from_run(run_root, box_score_thresh=0.0, masks=True)([big], ["circle"])[0]
     assert full.masks.shape[1:] == (1500, 1500) and pasted, "asked for, they are pasted"
     assert full.boxes.tolist() == lean.boxes.tolist(), "the mask switch changes nothing else"

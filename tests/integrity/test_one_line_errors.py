@@ -41,6 +41,20 @@ def test_a_name_given_twice_is_an_error_naming_it(capsys, tmp_path: Path) -> Non
     assert code == 2 and "'heart' is given twice" in _one_error_line(capsys), "checked before the run is loaded"
 
 
+@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize(("old", "new"), [("--score-thresh", "--box-score-thresh"), ("--nms-thresh", "--box-nms-thresh"),
+                                          ("--max-detections", "--box-detections-per-img")])
+def test_a_first_release_detection_flag_says_its_new_name_in_one_line(capsys, command: str, old: str,
+                                                                      new: str) -> None:
+    args = [command, "--run", "runs/none", "--names", "heart"] + (["--images", "a.png"] if command == "predict" else [])
+    with pytest.raises(SystemExit) as e:
+        cli.build_parser().parse_args([*args, old, "1"])
+    assert e.value.code == 2
+    assert _one_error_line(capsys) == f"ezsd {command}: error: {old} is now called {new} (stage 05's knob of the same name)"
+    parsed = cli.build_parser().parse_args([*args, new, "1"])  # the new name is stage 05's knob, read as its type
+    assert getattr(parsed, new[2:].replace("-", "_")) == 1
+
+
 def test_a_truncated_image_is_named(tmp_path: Path) -> None:
     path = tmp_path / "scene.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
