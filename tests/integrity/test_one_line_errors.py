@@ -42,7 +42,8 @@ def test_a_name_given_twice_is_an_error_naming_it(capsys, tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("command", ["predict", "export"])
-@pytest.mark.parametrize(("old", "new"), [("--score-thresh", "--box-score-thresh"), ("--nms-thresh", "--box-nms-thresh"),
+@pytest.mark.parametrize(("old", "new"), [("--score-thresh", "--box-score-thresh"),
+                                          ("--nms-thresh", "--box-nms-thresh"),
                                           ("--max-detections", "--box-detections-per-img")])
 def test_a_first_release_detection_flag_says_its_new_name_in_one_line(capsys, command: str, old: str,
                                                                       new: str) -> None:
@@ -50,7 +51,8 @@ def test_a_first_release_detection_flag_says_its_new_name_in_one_line(capsys, co
     with pytest.raises(SystemExit) as e:
         cli.build_parser().parse_args([*args, old, "1"])
     assert e.value.code == 2
-    assert _one_error_line(capsys) == f"ezsd {command}: error: {old} is now called {new} (stage 05's knob of the same name)"
+    expected = f"ezsd {command}: error: {old} is now called {new} (stage 05's knob of the same name)"
+    assert _one_error_line(capsys) == expected
     parsed = cli.build_parser().parse_args([*args, new, "1"])  # the new name is stage 05's knob, read as its type
     assert getattr(parsed, new[2:].replace("-", "_")) == 1
 
