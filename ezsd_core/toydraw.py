@@ -50,17 +50,22 @@ WEB_TEMPLATES = (
     "a close-up of a {name}",
     "a {size} {name}",
 )
-# Web data is not all objects: captions of pictures that show none of the categories. Without them the
-# teacher has never seen "nothing" and names every background crop with one confident shape name.
+# Web data is not all objects: pictures of "stuff" (surfaces, textures, scenery) that show none of the
+# categories, captioned by what they do show. Every template names the stuff kind, and each kind is its
+# own class in the teacher's loss (pretrain_clip): as a photo of grass and one of a brick wall are
+# negatives of each other in CLIP's batch, not one "nothing" class. Without them the teacher has never
+# seen "nothing"; with a single "nothing" class all clutter collapses onto one direction, which sits
+# next to one or two thin shapes' names (README, "What limits detection AP here").
 BACKGROUND_TEMPLATES = (
-    "a photo of clutter",
+    "a photo of {texture} clutter",
     "a {texture} background",
     "a {texture} pattern with lines",
     "an empty {texture} background",
     "{texture} texture",
-    "a photo of nothing in particular",
+    "a {texture} surface",
 )
 TEXTURE_WORDS = {"noise": "blotchy", "stripes": "striped", "checker": "checkered", "gradient": "smooth"}
+STUFF_KINDS = tuple(TEXTURE_WORDS.values())  # the stuff classes of pictures of no category
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,9 +363,14 @@ def render_iconic(seed: int, size: int, category_index: int) -> tuple[Image.Imag
     return pil, caption
 
 
-def render_background(seed: int, size: int) -> tuple[Image.Image, str]:
+def render_background(seed: int, size: int) -> tuple[Image.Image, str, str]:
     """One web picture of no category: a zoomed-in window of a cluttered background (the scenes'
-    clutter, through a web camera), captioned with one of BACKGROUND_TEMPLATES."""
+    clutter, through a web camera).
+
+    Returns:
+        The RGB image (size x size), its caption (one of BACKGROUND_TEMPLATES) and its stuff kind (the
+        texture word the caption names, one of TEXTURE_WORDS' values).
+    """
     rng = np.random.default_rng(seed)
     big, kind = background(rng, 2 * size)
     side = int(rng.integers(size // 2, 2 * size + 1))
@@ -369,4 +379,4 @@ def render_background(seed: int, size: int) -> tuple[Image.Image, str]:
                                                                                              Image.BICUBIC)
     pil = web_camera(rng, np.asarray(window, np.float32))
     template = BACKGROUND_TEMPLATES[int(rng.integers(len(BACKGROUND_TEMPLATES)))]
-    return pil, template.format(texture=TEXTURE_WORDS[kind])
+    return pil, template.format(texture=TEXTURE_WORDS[kind]), TEXTURE_WORDS[kind]

@@ -34,7 +34,8 @@ from ezsd_core.splits import TOY_NOVEL, TOY_OTHER
 from ezsd_core.toyshapes import CATEGORY_NAMES
 
 SCHEMA_VERSION = 6  # bumped whenever generated scenes change (6: "other" shapes, the scene camera in toydraw)
-ICONIC_VERSION = 3  # changes when the teacher's pictures change (the shipped teacher depends on it; 3: web pictures)
+ICONIC_VERSION = 4  # changes when the teacher's pictures change (the shipped teacher depends on it; 3: web pictures;
+# 4: stuff pictures name their kind, one in seven web pictures)
 VAL_ID_OFFSET = 1_000_000
 
 
@@ -54,7 +55,7 @@ class WorldSpec:
         num_train: scene images per training split (both the COCO and the LVIS world).
         num_val: scene images per validation split.
         num_web: web pictures of a named subject (the stand-in for CLIP's web data), categories cycling.
-        num_web_background: web pictures of no category (clutter captions).
+        num_web_background: web pictures of no category ("stuff": clutter captioned by its texture kind).
         num_web_heldout: web pictures kept for the teacher's held-out accuracy.
         web_size: side of the web pictures in pixels.
         num_iconic: iconic training pictures (clean single objects; with the base ones the detector
@@ -70,7 +71,7 @@ class WorldSpec:
     num_train: int = 1200
     num_val: int = 500
     num_web: int = 23200
-    num_web_background: int = 1000
+    num_web_background: int = 4000
     num_web_heldout: int = 1450
     web_size: int = 48
     num_iconic: int = 8700
@@ -125,14 +126,18 @@ def _scene_job(args: tuple) -> tuple[int, int, list[dict]]:
     return size, size, objects
 
 
-def _picture_job(args: tuple) -> str:
+def _picture_job(args: tuple) -> tuple[str, str | None]:
+    """Draw and save one picture; its caption and stuff kind (None: a picture of a category)."""
     out_png, seed, k, size, kind = args
+    stuff = None
     if kind == "iconic":
         image, caption = toydraw.render_iconic(seed, size, k)
+    elif k >= 0:
+        image, caption = toydraw.render_web(seed, size, k)
     else:
-        image, caption = toydraw.render_web(seed, size, k) if k >= 0 else toydraw.render_background(seed, size)
+        image, caption, stuff = toydraw.render_background(seed, size)
     image.save(out_png)
-    return caption
+    return caption, stuff
 
 
 def _scenes(root: Path, subset: str, spec: WorldSpec, weights: np.ndarray, pool: ProcessPoolExecutor,
@@ -213,7 +218,8 @@ def picture_counts(spec: WorldSpec, kind: str) -> dict[str, int]:
 
 
 def _write_pictures(root: Path, spec: WorldSpec, kind: str, pool: ProcessPoolExecutor) -> None:
-    """<kind>/<subset>/*.png and <kind>/<subset>.jsonl rows {file, caption, category_id (null: no category)}."""
+    """<kind>/<subset>/*.png and <kind>/<subset>.jsonl rows {file, caption, category_id (null: no category)},
+    plus ``stuff`` (the texture word) on pictures of no category."""
     ids = category_ids()
     size = spec.web_size if kind == "web" else spec.iconic_size
     for subset, count in picture_counts(spec, kind).items():
@@ -221,8 +227,8 @@ def _write_pictures(root: Path, spec: WorldSpec, kind: str, pool: ProcessPoolExe
         items = [picture_item(spec, kind, subset, i) for i in range(count)]
         jobs = [(root / kind / subset / f"{i:06d}.png", seed, k, size, kind) for i, (seed, k) in enumerate(items)]
         lines = [json.dumps({"file": f"{subset}/{i:06d}.png", "caption": cap,
-                             "category_id": ids[k] if k >= 0 else None})
-                 for i, ((_, k), cap) in enumerate(zip(items, pool.map(_picture_job, jobs, chunksize=64)))]
+                             "category_id": ids[k] if k >= 0 else None, **({"stuff": stuff} if stuff else {})})
+                 for i, ((_, k), (cap, stuff)) in enumerate(zip(items, pool.map(_picture_job, jobs, chunksize=64)))]
         (root / kind / f"{subset}.jsonl").write_text("\n".join(lines) + "\n")
 
 

@@ -7,7 +7,7 @@ Reads: ``<data_root>/{web,iconic}/{train,heldout}.jsonl`` + images, ``<data_root
 Writes: ``00_pretrain_clip/{open_clip_model.safetensors, metrics.json, train_log.jsonl, manifest.json}``.
 A checkpoint shipped in ``ezsd_core/resources/teacher`` is used instead of training when its recipe
 (this stage's knobs, the seed and the pictures' spec) is the same, unless ``force``.
-Imports: config, artefacts, runtime, data, crops, clip (layers 0-2).
+Imports: config, artefacts, runtime, data, crops, clip, detector, shards, toydraw, toyworld (layers 0-2).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards, toyworld
+from ezsd_core import artefacts, clip, config, crops, data, detector, runtime, shards, toydraw, toyworld
 from ezsd_core.artefacts import StageResult
 from ezsd_core.config import PretrainClipConfig
 
@@ -38,7 +38,7 @@ PART_FILES = {"teacher": WEIGHTS, "backbone": BACKBONE}
 BACKBONE_SIZE = 64  # px of the backbone's pretraining pictures (about a toy scene object's crop)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # the detector's normalisation
 PROMPT = "a photo of a {}"
-NO_CATEGORY = -1  # web pictures of clutter: positives of each other in the contrastive loss
+NO_CATEGORY = -1  # class of a picture of no category whose stuff kind is not recorded (worlds before v4)
 PICTURE_SPEC = ("web_seed", "num_web", "num_web_background", "web_size", "num_iconic", "iconic_size")
 log = logging.getLogger(__name__)
 
@@ -91,14 +91,23 @@ def load_pictures(root: Path, kind: str, subset: str, size: int) -> tuple[Tensor
     """The teacher's pictures of one kind (``web`` / ``iconic``) and subset, resized once to ``size``.
 
     Returns:
-        images (N, 3, size, size) uint8; category indices into ``toyworld.CATEGORY_NAMES`` (N,) int64
-        (NO_CATEGORY: a picture of no category), by name, whatever a split numbers them; N captions.
+        images (N, 3, size, size) uint8; classes (N,) int64: category indices into
+        ``toyworld.CATEGORY_NAMES`` by name, whatever a split numbers them, and for a picture of no
+        category its stuff class (``stuff_class``, negative); N captions.
     """
     rows = [json.loads(line) for line in (root / kind / f"{subset}.jsonl").read_text().splitlines()]
     pics = [np.asarray(Image.open(root / kind / r["file"]).convert("RGB")) for r in rows]
     index_of = {cid: k for k, cid in enumerate(toyworld.category_ids())}
-    ids = torch.tensor([NO_CATEGORY if r["category_id"] is None else index_of[r["category_id"]] for r in rows])
+    ids = torch.tensor([stuff_class(r.get("stuff")) if r["category_id"] is None else index_of[r["category_id"]]
+                        for r in rows])
     return iconic_batch(pics, size), ids, [r["caption"] for r in rows]
+
+
+def stuff_class(stuff: str | None) -> int:
+    """Class of a picture of no category: one negative class per stuff kind (``toydraw.STUFF_KINDS``,
+    -2, -3, ...), so that pictures of different stuff are negatives of each other in the loss;
+    NO_CATEGORY when the kind is not recorded."""
+    return NO_CATEGORY if stuff is None else -2 - toydraw.STUFF_KINDS.index(stuff)
 
 
 def iconic_batch(pictures: list[np.ndarray], size: int) -> Tensor:
@@ -235,13 +244,14 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
     """Train the teacher; log loss (and ``evaluate()``'s metrics every ``log_every`` steps).
 
     The first ``image_warmup_steps`` steps train the image tower alone to classify the pictures'
-    categories (cosine against learned prototypes, one for "no category"), as CLIP-style models are
+    categories (cosine against learned prototypes, one per stuff kind too), as CLIP-style models are
     often started from a pretrained image tower (LiT, Zhai et al. 2022): both towers of a tiny CLIP
     trained from scratch on 29 shapes sit at the symmetric start (loss = ln of the captions per batch)
     for a long while, or forever. The remaining steps train both towers contrastively.
 
     Args:
-        images: (N, 3, S, S) uint8; classes: (N,) category indices (NO_CATEGORY: none); captions: N strings.
+        images: (N, 3, S, S) uint8; classes: (N,) category indices, negative for pictures of no category
+            (their stuff class); captions: N strings.
         evaluate: callable returning a dict of metrics (called in eval mode).
         log_path: ``train_log.jsonl`` (written atomically at the end; progress goes to the logger).
 
@@ -249,7 +259,9 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         The logged rows.
     """
     model = teacher.model.train().requires_grad_(True)
-    num_classes = int(classes.max()) + 2  # the categories and "no category" (last row)
+    num_things = int(classes.max()) + 1
+    warmup_target = torch.where(classes < 0, num_things - 1 - classes, classes)  # stuff rows after the categories
+    num_classes = int(warmup_target.max()) + 1
     with torch.no_grad():
         dim = model.encode_image(teacher.normalize(images[:1].float() / 255)).shape[1]
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -272,7 +284,7 @@ def train(teacher: clip.Clip, images: Tensor, classes: Tensor, captions: list[st
         img = nn.functional.normalize(model.encode_image(x), dim=-1)
         if step < cfg.image_warmup_steps:
             logits = PROTOTYPE_SCALE * img @ nn.functional.normalize(prototypes, dim=-1).T
-            loss = nn.functional.cross_entropy(logits, torch.where(classes[idx] < 0, num_classes - 1, classes[idx]))
+            loss = nn.functional.cross_entropy(logits, warmup_target[idx])
         else:
             batch_captions = torch.unique(caption_of[idx])
             txt = nn.functional.normalize(model.encode_text(tokens[batch_captions]), dim=-1)

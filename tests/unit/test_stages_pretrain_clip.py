@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ezsd_core import data, toyworld
+from ezsd_core import data, toydraw, toyworld
 from ezsd_core.stages import pretrain_clip
 
 
@@ -15,10 +15,13 @@ from ezsd_core.stages import pretrain_clip
 def test_pictures_are_labelled_by_name_whatever_the_split_numbering(smoke_world: Path, kind: str) -> None:
     images, ids, captions = pretrain_clip.load_pictures(smoke_world, kind, "train", 16)
     assert images.shape == (len(captions), 3, 16, 16) and images.dtype == torch.uint8
-    assert ((ids == pretrain_clip.NO_CATEGORY).sum() > 0) == (kind == "web")  # the clutter pictures
+    assert ((ids < 0).sum() > 0) == (kind == "web")  # the clutter pictures
     for k, caption in zip(ids.tolist(), captions):
-        if k != pretrain_clip.NO_CATEGORY:  # indices into the web's vocabulary, not a split's ids
+        if k >= 0:  # indices into the web's vocabulary, not a split's ids
             assert toyworld.CATEGORY_NAMES[k] in caption.split()
+        else:  # one class per stuff kind, the kind the caption names (never the legacy "no category")
+            assert k != pretrain_clip.NO_CATEGORY
+            assert toydraw.STUFF_KINDS[-2 - k] in caption.split()
     for ann, name in (("coco/annotations/instances_val.json", "toy_coco"), ("lvis/annotations/lvis_v1_val.json",
                                                                              "toy_lvis")):
         split = data.read_split(smoke_world / ann, name)  # the LVIS world numbers 1..24, COCO sparsely

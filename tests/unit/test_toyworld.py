@@ -100,6 +100,7 @@ def test_pictures_cover_every_category_with_captions(smoke_world: Path, kind: st
     assert len(clutter) == (toyworld.SMOKE_SPEC.num_web_background if kind == "web" else 0)
     for x in clutter:  # pictures of no category, and captions that name none
         assert x["category_id"] is None and not any(n in x["caption"].split() for n in CATEGORY_NAMES)
+        assert x["stuff"] in toydraw.STUFF_KINDS and x["stuff"] in x["caption"].split()  # named by its kind
     for x in lines:
         assert (smoke_world / kind / x["file"]).exists()
 
