@@ -5,7 +5,9 @@ GT box (XYXY absolute pixels):
   * localised: some detection of any class overlaps it with IoU >= 0.5;
   * top_is_novel: of the detections that overlap it, the highest-scoring one names a novel category;
   * GT-box top-1: the box head applied to the GT box itself (the distillation path: same RoIAlign and
-    head), argmax over the base names (base boxes) or over all names (novel boxes).
+    head), argmax over the base names (base boxes) or over all names (novel boxes);
+  * head probabilities: the box head's softmax over background and all names on base GT, novel GT and
+    random background boxes: mean probability of the own class and of background, share argmax novel.
 Accuracy diagnostics, not timings; same JSON conventions as the benchmarks.
 
     .venv/bin/python benchmarks/diagnose_detector.py --params params/toy_coco.yaml [--run runs/X]
@@ -48,6 +50,45 @@ def gt_box_top1(model, records: list, ids: list[int], base: set[int], max_images
                 counts["novel"] += 1
                 hits["novel"] += ids[int(p[1:].argmax())] == gt
     return {f"gt_box_top1_{k}": round(hits[k] / counts[k], 4) for k in counts}
+
+
+@torch.no_grad()
+def head_probabilities(model, records: list, ids: list[int], novel: set[int], max_images: int,
+                       num_background: int = 40, seed: int = 0) -> dict[str, float]:
+    """The box head's softmax over [background, all names] on GT boxes and on background boxes.
+
+    Background boxes: ``num_background`` random boxes per image (sides log-uniform 16-64 px), kept where
+    their IoU with every annotated box is < 0.1 (unannotated "other" shapes may still be under them).
+    Reports, per kind (base GT, novel GT, background), the mean probability of the own class / of
+    background, and the share whose argmax (over background and every name) is a novel name.
+    """
+    head, gen = model.roi_heads, torch.Generator().manual_seed(seed)
+    novel_cols = torch.tensor([1 + i for i, c in enumerate(ids) if c in novel])
+    sums, counts = collections.Counter(), collections.Counter()
+    for r in records[:max_images]:
+        img = data.read_image(r.file_name).float() / 255
+        height, width = img.shape[-2:]
+        side = torch.exp(torch.empty(num_background, 2).uniform_(2.7726, 4.1589, generator=gen))  # ln 16 .. ln 64
+        centre = torch.rand(num_background, 2, generator=gen) * torch.tensor([width, height])
+        bg = torch.cat([centre - side / 2, centre + side / 2], 1)
+        bg = torch.stack([bg[:, 0].clamp(0, width), bg[:, 1].clamp(0, height), bg[:, 2].clamp(0, width),
+                          bg[:, 3].clamp(0, height)], 1)
+        if len(r.gt_boxes):
+            bg = bg[box_iou(bg, r.gt_boxes.float()).max(1).values < 0.1]
+        batch, _ = model.transform([img])
+        feats = model.backbone(batch.tensors)
+        boxes = resize_boxes(torch.cat([r.gt_boxes.float(), bg]), [height, width], list(batch.image_sizes[0]))
+        cls_f, _ = head.box_head(head.box_roi_pool(feats, [boxes], batch.image_sizes))
+        probs = head.box_predictor.probabilities(head.box_predictor.classify(head.box_predictor.embed(cls_f)))
+        kinds = ["novel" if c in novel else "base" for c in r.gt_category_ids.tolist()] + ["background"] * len(bg)
+        for j, (kind, p) in enumerate(zip(kinds, probs)):
+            counts[kind] += 1
+            sums[f"{kind}_argmax_novel"] += int(p.argmax()) in novel_cols.tolist()
+            sums[f"{kind}_p_background"] += float(p[0])
+            sums[f"{kind}_max_p_novel"] += float(p[novel_cols].max())
+            if kind != "background":
+                sums[f"{kind}_p_own"] += float(p[1 + ids.index(int(r.gt_category_ids[j]))])
+    return {f"head_{k}": round(v / counts[k.split("_")[0]], 4) for k, v in sorted(sums.items())}
 
 
 def detection_overlap(records: list, detections: list[dict], novel: set[int]) -> dict[str, float]:
@@ -96,6 +137,7 @@ def main() -> None:
     result = {"diagnostic": "diagnose_detector", "date": artefacts.utc_now(), "run_root": str(cfg.run_root),
               **detection_overlap(records, dets, novel),
               **gt_box_top1(model, records, ids.tolist(), base, args.max_images),
+              **head_probabilities(model, records, ids.tolist(), novel, args.max_images),
               "gt_box_images": min(args.max_images, len(records))}
     out = args.out or Path(f"benchmarks/results/diagnose_detector_{Path(cfg.run_root).name}.json")
     artefacts.atomic_write_json(out, result)
