@@ -29,19 +29,31 @@ from ezsd_core import artefacts, config, data, runtime, trained
 
 
 @torch.no_grad()
+def box_head_probabilities(model, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """The box head applied to given boxes (the distillation path: same RoIAlign and head).
+
+    Args:
+        image: (3, H, W) float in [0, 1]; boxes: (N, 4) XYXY absolute pixels of the image.
+
+    Returns:
+        (N, K + 1) probabilities [background, the model's vocabulary].
+    """
+    head = model.roi_heads
+    batch, _ = model.transform([image])
+    feats = model.backbone(batch.tensors)
+    boxes = resize_boxes(boxes.float(), list(image.shape[-2:]), list(batch.image_sizes[0]))
+    cls_f, _ = head.box_head(head.box_roi_pool(feats, [boxes], batch.image_sizes))
+    return head.box_predictor.probabilities(head.box_predictor.classify(head.box_predictor.embed(cls_f)))
+
+
+@torch.no_grad()
 def gt_box_top1(model, records: list, ids: list[int], base: set[int], max_images: int) -> dict[str, float]:
     """Top-1 of the box head on GT boxes: base boxes among base names, novel boxes among all names."""
-    head = model.roi_heads
     base_cols = torch.tensor([1 + i for i, c in enumerate(ids) if c in base])
     base_ids = [c for c in ids if c in base]
     hits, counts = collections.Counter(), collections.Counter()
     for r in records[:max_images]:
-        img = data.read_image(r.file_name).float() / 255
-        batch, _ = model.transform([img])
-        feats = model.backbone(batch.tensors)
-        boxes = resize_boxes(r.gt_boxes.float(), list(img.shape[-2:]), list(batch.image_sizes[0]))
-        cls_f, _ = head.box_head(head.box_roi_pool(feats, [boxes], batch.image_sizes))
-        probs = head.box_predictor.probabilities(head.box_predictor.classify(head.box_predictor.embed(cls_f)))
+        probs = box_head_probabilities(model, data.read_image(r.file_name).float() / 255, r.gt_boxes)
         for gt, p in zip(r.gt_category_ids.tolist(), probs):
             if gt in base:
                 counts["base"] += 1
@@ -62,8 +74,9 @@ def head_probabilities(model, records: list, ids: list[int], novel: set[int], ma
     Reports, per kind (base GT, novel GT, background), the mean probability of the own class / of
     background, and the share whose argmax (over background and every name) is a novel name.
     """
-    head, gen = model.roi_heads, torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     novel_cols = torch.tensor([1 + i for i, c in enumerate(ids) if c in novel])
+    novel_set = set(novel_cols.tolist())
     sums, counts = collections.Counter(), collections.Counter()
     for r in records[:max_images]:
         img = data.read_image(r.file_name).float() / 255
@@ -75,15 +88,11 @@ def head_probabilities(model, records: list, ids: list[int], novel: set[int], ma
                           bg[:, 3].clamp(0, height)], 1)
         if len(r.gt_boxes):
             bg = bg[box_iou(bg, r.gt_boxes.float()).max(1).values < 0.1]
-        batch, _ = model.transform([img])
-        feats = model.backbone(batch.tensors)
-        boxes = resize_boxes(torch.cat([r.gt_boxes.float(), bg]), [height, width], list(batch.image_sizes[0]))
-        cls_f, _ = head.box_head(head.box_roi_pool(feats, [boxes], batch.image_sizes))
-        probs = head.box_predictor.probabilities(head.box_predictor.classify(head.box_predictor.embed(cls_f)))
+        probs = box_head_probabilities(model, img, torch.cat([r.gt_boxes.float(), bg]))
         kinds = ["novel" if c in novel else "base" for c in r.gt_category_ids.tolist()] + ["background"] * len(bg)
         for j, (kind, p) in enumerate(zip(kinds, probs)):
             counts[kind] += 1
-            sums[f"{kind}_argmax_novel"] += int(p.argmax()) in novel_cols.tolist()
+            sums[f"{kind}_argmax_novel"] += int(p.argmax()) in novel_set
             sums[f"{kind}_p_background"] += float(p[0])
             sums[f"{kind}_max_p_novel"] += float(p[novel_cols].max())
             if kind != "background":
