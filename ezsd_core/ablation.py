@@ -4,7 +4,11 @@ Variants, each on the same world and training budget, as params overrides of the
   (a) no distillation                    train_detector.distill_weight = 0
   (b) regions scored by the CLIP before LayerNorm tuning   propose_regions.clip_layernorms = original
   (c) random boxes instead of CLIP regions                 extract_features.region_source = random_boxes
+  (e) no LayerNorm tuning at all         finetune_clip.epochs = 0
   (d) full EZSD                          the params file as it is
+(b) changes only which regions are distilled (their embeddings and the text are the tuned CLIP's);
+(e) is the paper's "raw CLIP" comparison: the untuned CLIP proposes the regions, embeds them and the
+base GT boxes, and names the classes, so the detector distils the CLIP before stage 01 throughout.
 Each variant lives in ``<run_root>-ablation-<variant>``; the stages it shares with the full run
 are hard-linked from it (their manifests match, so the runner skips them) and the rest run anew.
 Every AP gets a 95% bootstrap interval over the val images, and every difference (d) - (x) the
@@ -34,6 +38,7 @@ VARIANTS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
                                ("pretrain_clip", "finetune_clip")),
     "c_random_boxes": ("(c) random boxes", ["extract_features.region_source=random_boxes"],
                        ("pretrain_clip", "finetune_clip", "propose_regions")),
+    "e_no_layernorm_tuning": ("(e) no LayerNorm tuning", ["finetune_clip.epochs=0"], ("pretrain_clip",)),
     "d_full": ("(d) full EZSD", [], ()),
 }
 REFERENCE = "d_full"  # the differences are AP(d) - AP(x)
@@ -127,7 +132,7 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
 
 def ablate(params_path: Path | str, *, echo: Callable[[str], None] = print, overrides: tuple[str, ...] = (),
            intervals_only: bool = False, num_resamples: int = 1000, seed: int = 0) -> dict:
-    """Run the full pipeline and the three ablations, then bootstrap intervals of their AP.
+    """Run the full pipeline and the ablations of ``VARIANTS``, then bootstrap intervals of their AP.
 
     Args:
         params_path: ``params/<split>.yaml``.

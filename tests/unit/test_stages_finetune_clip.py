@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import torch
 
@@ -57,3 +58,29 @@ def test_max_steps_cuts_training_after_that_many_batches() -> None:
     loader = [(torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 0]), torch.ones(3)) for _ in range(2)]
     rows = st.train(model, loader, ("circle", "star"), cfg, torch.device("cpu"))
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and [r["epoch"] for r in rows] == [1, 1, 2, 2, 3]
+
+
+def test_zero_epochs_keeps_the_untuned_clip_for_every_later_stage(smoke_stages, tmp_path) -> None:
+    """Ablation (e) sets ``finetune_clip.epochs=0``: stage 01 must then hand on stage 00's CLIP as it is
+    (LayerNorms and text embeddings), while the tuned run's differ from it."""
+    from conftest import run_stages_in_process
+
+    from ezsd_core import artefacts
+    from ezsd_core.stages.propose_regions import scoring_clip
+
+    world, tuned_root = smoke_stages
+    untuned_root = tmp_path / "smoke"
+    stage00 = lambda root: artefacts.stage_dir(root, "pretrain_clip")
+    shutil.copytree(stage00(tuned_root), stage00(untuned_root))
+    run_stages_in_process(world, untuned_root, ["finetune_clip"], extra=("finetune_clip.epochs=0",))
+    doc = config.read_params("params/smoke.yaml")
+    original = lambda root: scoring_clip(config.stage_config(doc, "propose_regions", source="t", overrides=[
+        f"common.data_root={world}", f"common.run_root={root}", "propose_regions.clip_layernorms=original"]), "cpu")
+    loaded = {name: clip.load_tuned(artefacts.stage_dir(root, "finetune_clip")) for name, root in
+              (("untuned", untuned_root), ("tuned", tuned_root))}
+    reference, reference_text, _ = original(tuned_root)  # stage 00's CLIP, text re-encoded with it
+    ref_ln = clip.layernorm_parameters(reference.model)
+    same = lambda model: all(torch.equal(v, ref_ln[k]) for k, v in clip.layernorm_parameters(model.model).items())
+    assert same(loaded["untuned"][0]) and not same(loaded["tuned"][0])
+    assert torch.allclose(loaded["untuned"][1]["proposal"], reference_text, atol=1e-6)
+    assert not torch.allclose(loaded["tuned"][1]["proposal"], reference_text, atol=1e-3)
