@@ -33,7 +33,8 @@ from ezsd_core import artefacts, toydraw
 from ezsd_core.splits import TOY_NOVEL, TOY_OTHER
 from ezsd_core.toyshapes import CATEGORY_NAMES
 
-SCHEMA_VERSION = 6  # bumped whenever generated scenes change (6: "other" shapes, the scene camera in toydraw)
+SCHEMA_VERSION = 7  # bumped whenever generated scenes change (6: "other" shapes, the scene camera in toydraw;
+                    # 7: the camera re-calibrated for teacher T2, strength 0.8 -> 0.9)
 ICONIC_VERSION = 4  # changes when the teacher's pictures change (the shipped teacher depends on it; 3: web pictures;
 # 4: stuff pictures name their kind, one in seven web pictures)
 VAL_ID_OFFSET = 1_000_000
