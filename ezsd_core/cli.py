@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="hash every output of a run against its manifests; list unlisted files")
     ver.add_argument("run", type=Path, help="runs/<split>")
     ver.set_defaults(func=_verify)
-    ab = sub.add_parser("ablate", help="full EZSD vs no distillation / untuned-CLIP regions / random boxes")
+    ab = sub.add_parser("ablate", help="full EZSD vs no distillation / untuned-CLIP regions / random boxes / no "
+                        "LayerNorm tuning")
     ab.add_argument("params", type=Path, help="params/<split>.yaml (e.g. params/toy_coco.yaml)")
     ab.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override for every variant")
     ab.add_argument("--intervals-only", action="store_true",
