@@ -73,12 +73,11 @@ def test_zero_epochs_keeps_the_untuned_clip_for_every_later_stage(smoke_stages, 
     stage00 = lambda root: artefacts.stage_dir(root, "pretrain_clip")
     shutil.copytree(stage00(tuned_root), stage00(untuned_root))
     run_stages_in_process(world, untuned_root, ["finetune_clip"], extra=("finetune_clip.epochs=0",))
-    doc = config.read_params("params/smoke.yaml")
-    original = lambda root: scoring_clip(config.stage_config(doc, "propose_regions", source="t", overrides=[
-        f"common.data_root={world}", f"common.run_root={root}", "propose_regions.clip_layernorms=original"]), "cpu")
     loaded = {name: clip.load_tuned(artefacts.stage_dir(root, "finetune_clip")) for name, root in
               (("untuned", untuned_root), ("tuned", tuned_root))}
-    reference, reference_text, _ = original(tuned_root)  # stage 00's CLIP, text re-encoded with it
+    propose = config.stage_config(config.read_params("params/smoke.yaml"), "propose_regions", source="t", overrides=[
+        f"common.data_root={world}", f"common.run_root={tuned_root}", "propose_regions.clip_layernorms=original"])
+    reference, reference_text, _ = scoring_clip(propose, "cpu")  # stage 00's CLIP, text re-encoded with it
     ref_ln = clip.layernorm_parameters(reference.model)
     same = lambda model: all(torch.equal(v, ref_ln[k]) for k, v in clip.layernorm_parameters(model.model).items())
     assert same(loaded["untuned"][0]) and not same(loaded["tuned"][0])
