@@ -95,6 +95,20 @@ def select_regions(boxes: Tensor, scores: Tensor, *, nms_thresh: float, max_regi
 
 
 @torch.no_grad()
+def box_logits(image: Tensor, model: clip.Clip, text_embeds: Tensor, boxes: Tensor, *, crop_scale: float,
+               crops_per_batch: int) -> Tensor:
+    """CLIP's logits ``logit_scale * cos`` (A, C), on the CPU, of (A, 4) XYXY absolute boxes of a (3, H, W)
+    uint8 image, each cropped at r = ``crop_scale``, against (C, D) unit text rows."""
+    device = text_embeds.device
+    logits = [torch.zeros(0, len(text_embeds))]
+    for start in range(0, len(boxes), crops_per_batch):
+        x = crops.cut_crops(image, boxes[start:start + crops_per_batch], scale=crop_scale, size=model.image_size)
+        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
+        logits.append((model.logit_scale * emb @ text_embeds.T).cpu())
+    return torch.cat(logits)
+
+
+@torch.no_grad()
 def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, category_ids: Tensor, boxes: Tensor, *,
                       crop_scale: float, nms_thresh: float, max_regions: int, crops_per_batch: int,
                       image_id: int = -1) -> RegionSet:
@@ -110,13 +124,8 @@ def propose_for_image(image: Tensor, model: clip.Clip, text_embeds: Tensor, cate
     Returns:
         RegionSet with M <= max_regions rows sorted by score (no embeddings).
     """
-    device = text_embeds.device
-    logits = []
-    for start in range(0, len(boxes), crops_per_batch):
-        x = crops.cut_crops(image, boxes[start:start + crops_per_batch], scale=crop_scale, size=model.image_size)
-        emb = nn.functional.normalize(clip.encode_images(model, model.normalize(x.to(device))), dim=-1)
-        logits.append((model.logit_scale * emb @ text_embeds.T).cpu())
-    scores, arg, prob = entropy_scores(torch.cat(logits) if logits else torch.zeros(0, len(category_ids)))
+    scores, arg, prob = entropy_scores(box_logits(image, model, text_embeds, boxes, crop_scale=crop_scale,
+                                                  crops_per_batch=crops_per_batch))
     keep = select_regions(boxes, scores, nms_thresh=nms_thresh, max_regions=max_regions)
     return RegionSet(image_id=image_id, region_boxes=boxes[keep].float(), region_scores=scores[keep].float(),
                      region_category_ids=category_ids[arg[keep]], region_probs=prob[keep].float())
