@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export FIFTYONE_DO_NOT_TRACK ?= true
 export MPLBACKEND ?= Agg
 
-.PHONY: setup demo test test-fast lab toyworld reproduce-toy clean-runs
+.PHONY: setup setup-cu126 cu126-lock demo test test-fast lab toyworld reproduce-toy clean-runs
 
 setup: $(STAMP)
 
@@ -18,6 +18,25 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# V100 nodes (compute capability 7.0): the lock's torch is a CUDA 13 build, which has no sm_70 kernels.
+# The same torch and torchvision versions built for CUDA 12.6 (the last CUDA 12 build that keeps Volta;
+# torch 2.14 is the last release with CUDA 12 wheels), every other pin unchanged. Not run on a V100 here.
+CUDA13_PINS := ^(torch|torchvision|triton|cuda-[a-z-]+|nvidia-[a-z0-9-]+)==
+TORCH_PIN   := $(shell grep -E '^torch==' requirements.lock)
+VISION_PIN  := $(shell grep -E '^torchvision==' requirements.lock)
+
+cu126-lock:  # the pins setup-cu126 installs besides torch and torchvision
+	@grep -v -E '$(CUDA13_PINS)' requirements.lock
+
+setup-cu126:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(MAKE) -s cu126-lock > $(VENV)/requirements-cu126.txt
+	$(PY) -m pip install --quiet $(TORCH_PIN) $(VISION_PIN) --index-url https://download.pytorch.org/whl/cu126  # first: the rest must not pull the CUDA 13 build
+	$(PY) -m pip install --quiet -r $(VENV)/requirements-cu126.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_arch_list())"
 	touch $(STAMP)
 
 toyworld: $(STAMP)

@@ -48,3 +48,24 @@ def test_make_and_ci_install_the_lock() -> None:
     assert "pip install --quiet -r requirements.lock" in makefile
     assert "python3 -m venv" in makefile
     assert "make test" in (ROOT / ".ci/run").read_text()
+
+
+def test_cu126_route_keeps_every_pin_but_the_cuda13_build() -> None:
+    """`make setup-cu126` (V100 nodes): the same torch/torchvision versions from the CUDA 12.6 index, every
+    other pin of the lock unchanged, and none of the CUDA 13 runtime pins that the cu126 wheel replaces."""
+    import re
+    import subprocess
+
+    out = subprocess.run(["make", "-s", "--no-print-directory", "cu126-lock"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    lines = [line.split("#", 1)[0].strip() for line in out.splitlines()]
+    kept = {canonicalize_name(line.partition("==")[0]): line.partition("==")[2] for line in lines if line}
+    pins = _lock()
+    dropped = set(pins) - set(kept)
+    assert {"torch", "torchvision", "triton", "nvidia-cudnn-cu13", "nvidia-nccl-cu13"} <= dropped
+    assert all(re.match(r"(torch|torchvision|triton|cuda-|nvidia-)", n) for n in dropped), sorted(dropped)
+    assert all(pins[n] == v for n, v in kept.items()), "a kept pin changed"
+    plan = subprocess.run(["make", "-n", "setup-cu126"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    torch_line = next(line for line in plan.splitlines() if "whl/cu126" in line)
+    assert f"torch=={pins['torch']}" in torch_line and f"torchvision=={pins['torchvision']}" in torch_line
+    assert plan.index("whl/cu126") < plan.index("-r .venv/requirements-cu126.txt"), "torch must be installed first"
