@@ -78,8 +78,7 @@ def main() -> None:
                               overrides=args.set)
     split, records = data.read_config_records(cfg, "val", vocab="proposal", keep_empty=True)
     records = records[: args.images]
-    key = (cfg.resize_min_side, cfg.resize_max_side, cfg.region_anchor_stride, cfg.region_anchor_sizes,
-           cfg.region_anchor_ratios)
+    key = propose_regions.anchor_key(cfg)
     result = {"world": str(cfg.data_root), "images": len(records), "runs": {}}
     for run in args.runs:
         folder = artefacts.stage_dir(run, "finetune_clip")

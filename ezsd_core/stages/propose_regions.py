@@ -142,7 +142,8 @@ def work_items(cfg: ProposeRegionsConfig) -> list[tuple[ImageRecord, bool]]:
     return [(r, False) for r in train] + [(r, True) for r in val[: cfg.num_recall_images]]
 
 
-def _anchor_key(cfg: ProposeRegionsConfig) -> tuple:
+def anchor_key(cfg: ProposeRegionsConfig) -> tuple:
+    """The knobs that fix ``candidate_boxes`` (its cache key)."""
     return (cfg.resize_min_side, cfg.resize_max_side, cfg.region_anchor_stride, cfg.region_anchor_sizes,
             cfg.region_anchor_ratios)
 
@@ -151,7 +152,7 @@ def _propose_chunk(items: list[tuple[ImageRecord, bool]], model: clip.Clip, text
                    cfg: ProposeRegionsConfig, bar: tqdm) -> tuple[list[int], dict, dict]:
     rows = []
     for _, image in data.image_loader([r for r, _ in items], cfg.num_workers):
-        boxes = candidate_boxes(image.shape[1], image.shape[2], _anchor_key(cfg))
+        boxes = candidate_boxes(image.shape[1], image.shape[2], anchor_key(cfg))
         rs = propose_for_image(image, model, text, ids, boxes, crop_scale=cfg.crop_scale,
                                nms_thresh=cfg.region_nms_thresh, max_regions=cfg.max_regions,
                                crops_per_batch=cfg.crops_per_batch)
