@@ -303,6 +303,38 @@ def bootstrap_coco_ap(gt_json: Path | str, results: Mapping[str, list[dict]], sp
     return out
 
 
+def replicate_mean(boot: Mapping[str, BootstrapAP], names: Sequence[str]) -> BootstrapAP:
+    """The mean AP of training replicates (same method, other training draws) on each shared resample.
+
+    Differences of such means against another list are still paired over the val images; they average
+    out part of the training noise but do not include it in the interval (compare the replicates'
+    own differences for that).
+
+    Args:
+        boot: lists of one ``bootstrap_coco_ap`` call (same resamples).
+        names: the replicates' list names (at least one).
+
+    Returns:
+        A ``BootstrapAP`` whose point and (B,) samples are the replicates' means per key (-1.0 point
+        where a subset has no GT).
+
+    Raises:
+        ValueError: no names, an unknown name, or lists drawn on other resamples.
+    """
+    if not names:
+        raise ValueError("names must hold at least one list name")
+    if unknown := [n for n in names if n not in boot]:
+        raise ValueError(f"names {unknown} are not in boot; available: {sorted(boot)}")
+    first = boot[names[0]]
+    if any((boot[n].seed, boot[n].num_images, boot[n].num_resamples) !=
+           (first.seed, first.num_images, first.num_resamples) for n in names):
+        raise ValueError(f"lists {list(names)} were drawn on other resamples")
+    samples = {k: np.mean([boot[n].samples[k] for n in names], axis=0) for k in first.samples}
+    point = {k: -1.0 if first.point[k] == -1.0 else float(np.mean([boot[n].point[k] for n in names]))
+             for k in first.point}
+    return BootstrapAP(point, samples, first.num_images, first.num_resamples, first.seed)
+
+
 def paired_differences(boot: Mapping[str, BootstrapAP], reference: str, keys: Sequence[str], *,
                        level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
     """AP(reference) - AP(x) for every other list x, with its interval over the shared resamples.

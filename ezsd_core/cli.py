@@ -97,7 +97,7 @@ def _ablate(args: argparse.Namespace) -> int:
     from ezsd_core import ablation
 
     ablation.ablate(args.params, overrides=tuple(args.set or ()), intervals_only=args.intervals_only,
-                    num_resamples=args.num_resamples, seed=args.bootstrap_seed)
+                    num_resamples=args.num_resamples, seed=args.bootstrap_seed, replicates=args.replicates)
     return 0
 
 
@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute only the bootstrap intervals of the existing variant runs (no training)")
     ab.add_argument("--num-resamples", type=int, default=1000, help="bootstrap resamples of the val images")
     ab.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resampling")
+    ab.add_argument("--replicates", type=int, default=1,
+                    help="train each variant's detector this many times (train_detector.replicate 0..R-1; "
+                         "stages 04-05 only) and compare replicate means")
     ab.set_defaults(func=_ablate)
     pr = sub.add_parser("predict", help="detect any category names on any images with a trained run")
     pr.add_argument("--run", type=Path, required=True, help="runs/<split> with a trained detector")

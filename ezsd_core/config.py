@@ -221,6 +221,8 @@ class TrainDetectorConfig(CommonConfig):
     grad_clip: float = knob(lo=0.0)  # max L2 norm; 0 = off
     hflip_prob: float = knob(lo=0.0, hi=1.0)
     repeat_factor_thresh: float = knob(lo=0.0)  # LVIS repeat-factor sampling (1e-3); 0 = off
+    replicate: int = knob(lo=0, default=0)  # 0: draws from seed; k > 0: training replicate k (init, order, flips,
+    # region samples from (seed, k)); upstream stages are untouched, so only stages 04-05 rerun
     amp: bool = False  # mixed precision on CUDA (ignored on CPU)
     checkpoint_every: int = knob(lo=1, default=500)
     log_every: int = knob(lo=1, default=20)
@@ -399,7 +401,10 @@ def _validate(cfg: CommonConfig) -> None:
 
 # Fields added after runs were recorded: a manifest's config (strict=False) may lack them; they then
 # take their defaults (a built-in split). A params file (strict=True) must still give every key.
-ADDED_FIELDS = ("split_style", "base_names", "novel_names")
+ADDED_FIELDS = ("split_style", "base_names", "novel_names", "replicate")
+# Added fields whose default leaves config_hash as it was before the field existed, so recorded runs
+# stay up to date when the code gains the knob.
+HASH_NEUTRAL_DEFAULTS = {"replicate": 0}
 
 
 def field_names(cls: type[CommonConfig]) -> list[str]:
@@ -456,7 +461,8 @@ def _plain(v: Any) -> Any:
 def config_hash(cfg: CommonConfig) -> str:
     """``sha256:`` of the config without its RUNTIME_FIELDS: what decides the artefacts' content."""
     d = config_dict(cfg)
-    return artefacts.hash_json({k: v for k, v in d.items() if k not in type(cfg).RUNTIME_FIELDS})
+    return artefacts.hash_json({k: v for k, v in d.items() if k not in type(cfg).RUNTIME_FIELDS
+                                and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,7 +253,9 @@ def ablation_table(table: dict, keys: tuple[str, ...]) -> str:
 
     Each value carries its bootstrap interval where the file has one (``row["ci"][key] = [lo, hi]``);
     a second table gives the paired differences (d) - (x) with their intervals when the file has
-    ``differences``. Files written before the intervals give the first table with bare values.
+    ``differences``, and a third the sd of each metric over training replicates when rows have
+    ``replicate_sd`` (``ezsd ablate --replicates``). Files written before the intervals give the
+    first table with bare values.
     """
     lines = ["| variant | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for row in _variant_rows(table).values():
@@ -261,6 +263,11 @@ def ablation_table(table: dict, keys: tuple[str, ...]) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(_cell(row.get(k), ci.get(k)) for k in keys) + " |")
     if table.get("differences"):
         lines += ["", *_differences_table(table, keys)]
+    spread = {row["label"]: row for row in _variant_rows(table).values() if row.get("replicate_sd")}
+    if spread:
+        lines += ["", "| training replicates: sd (n) | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        lines += [f"| {label} ({len(row['replicates'])}) | "
+                  + " | ".join(_cell(row["replicate_sd"].get(k)) for k in keys) + " |" for label, row in spread.items()]
     return "\n".join(lines)
 
 

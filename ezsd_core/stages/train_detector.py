@@ -79,6 +79,18 @@ def repeat_factors(records: list[ImageRecord], thresh: float) -> np.ndarray:
     return np.array([max((rc[c] for c in set(r.gt_category_ids.tolist())), default=1.0) for r in records])
 
 
+def training_seed(cfg: TrainDetectorConfig) -> int:
+    """The seed of every draw in training (head init, batch order, flips, region samples).
+
+    ``replicate: 0`` gives ``cfg.seed`` itself (runs recorded before the knob keep their draws); replicate
+    k > 0 an independent stream from ``(seed, k)``, so replicates measure training noise on fixed
+    upstream artefacts.
+    """
+    if cfg.replicate == 0:
+        return cfg.seed
+    return int(np.random.SeedSequence([cfg.seed, cfg.replicate]).generate_state(1)[0])
+
+
 def batch_plan(num_images: int, factors: np.ndarray, batch_size: int, max_steps: int, seed: int) -> list[list[tuple]]:
     """``max_steps`` batches of ``(epoch, image index)``: each epoch a seeded shuffle in which image i
     appears floor(r_i) times plus once more with probability frac(r_i). Deterministic in the seed."""
@@ -173,6 +185,7 @@ class DistillDataset(torch.utils.data.Dataset):
     def __init__(self, records: list[ImageRecord], label_of: dict[int, int], feats: dict[int, tuple] | None,
                  cfg: TrainDetectorConfig):
         self.records, self.label_of, self.feats, self.cfg = records, label_of, feats, cfg
+        self.seed = training_seed(cfg)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -180,7 +193,7 @@ class DistillDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, dict, dict | None]:
         epoch, i = key
         r = self.records[i]
-        rng = np.random.default_rng([self.cfg.seed, epoch, i])
+        rng = np.random.default_rng([self.seed, epoch, i])
         image = data.read_image(r.file_name).float() / 255
         masks = torch.from_numpy(mask_utils.decode(r.gt_masks)).permute(2, 0, 1) if r.gt_masks else \
             torch.zeros(0, r.height, r.width, dtype=torch.uint8)
@@ -299,11 +312,11 @@ def _train(model: detector.EzsdDetector, dataset: DistillDataset, cfg: TrainDete
     start = _resume(ckpt_path, model, opt, scaler, cfg, config_hash, log_path)
     factors = repeat_factors(dataset.records, cfg.repeat_factor_thresh)
     sched = sched or schedule(cfg, factors, batch_size)
-    plan = batch_plan(len(dataset), factors, batch_size, sched.max_steps, cfg.seed)
+    plan = batch_plan(len(dataset), factors, batch_size, sched.max_steps, training_seed(cfg))
     mine = [b[rank::world] for b in plan[start:]]
     # a generator of its own: creating the iterator must not draw from torch's global RNG (exact resume)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=cfg.num_workers, collate_fn=list,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+                                         generator=torch.Generator().manual_seed(training_seed(cfg)))
     sums: dict[str, float] = {}
     t0, step = time.perf_counter(), start
     state = lambda n: {"model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
@@ -405,7 +418,7 @@ def load_toy_backbone(model: detector.EzsdDetector, run_root: Path) -> None:
 
 def run(cfg: TrainDetectorConfig) -> StageResult:
     """Train (or resume training) the detector; write the final weights, the log and the manifest."""
-    determinism = runtime.seed_everything(cfg.seed)
+    determinism = runtime.seed_everything(training_seed(cfg))
     runtime.configure_threads()
     config.train_batch(cfg, runtime.launched_world_size())  # a batch the processes cannot share: one line, now
     rank, world = runtime.init_distributed()

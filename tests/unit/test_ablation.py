@@ -72,7 +72,7 @@ def test_intervals_only_adds_intervals_to_the_existing_runs(fake_ablation) -> No
     assert (base_root / "ablation.png").stat().st_size > 0
     assert table["bootstrap"] | {"val_annotations": None} == {
         "num_resamples": 200, "seed": 0, "num_images": 40, "level": 0.95, "iou_type": "bbox", "max_detections": 100,
-        "reference": "d_full", "val_annotations": None}
+        "reference": "d_full", "replicates": 1, "val_annotations": None}
     for name in ablation.VARIANTS:
         row = table[name]
         assert row["label"] == ablation.VARIANTS[name][0] and set(row["ci"]) == set(ablation.INTERVAL_KEYS)
@@ -111,3 +111,63 @@ def test_intervals_use_the_ground_truth_stage_05_scores_on(fake_ablation, tmp_pa
                                  started_at=artefacts.utc_now())
     table = ablation.ablate(PARAMS, overrides=overrides, intervals_only=True, num_resamples=20, echo=lambda _: None)
     assert table["bootstrap"]["num_images"] == 39
+
+
+def test_replicates_are_averaged_paired_and_their_spread_reported(fake_ablation, tmp_path: Path) -> None:
+    """With --replicates 2 every variant needs its ``-r1`` run; rows give the replicates' mean, their sd,
+    and the intervals of the mean (d's replicate finds every box: its mean interval is still [1, 1])."""
+    base_root, overrides = fake_ablation
+    with pytest.raises(ValueError, match="smoke-ablation-a_no_distillation-r1"):
+        ablation.ablate(PARAMS, overrides=overrides, intervals_only=True, num_resamples=20, replicates=2,
+                        echo=lambda _: None)
+    anns = json.loads((tmp_path / "data/coco/annotations/instances_val.json").read_text())["annotations"]
+    gt = tmp_path / "data/coco/annotations/instances_val.json"
+    for n, name in enumerate(ablation.VARIANTS):
+        miss = 0.0 if name == ablation.REFERENCE else 0.3
+        _fake_run(ablation.replicate_roots(base_root, name, 2)[1], gt, anns, miss, seed=10 + n)
+    echoed: list[str] = []
+    table = ablation.ablate(PARAMS, overrides=overrides, intervals_only=True, num_resamples=100, replicates=2,
+                            echo=echoed.append)
+    row = table["a_no_distillation"]
+    reps = [r["bbox/AP50_all"] for r in row["replicates"]]
+    assert [r["run_root"] for r in row["replicates"]] == [str(p) for p in
+                                                           ablation.replicate_roots(base_root, "a_no_distillation", 2)]
+    assert row["bbox/AP50_all"] == pytest.approx(sum(reps) / 2) and reps[0] != reps[1]
+    assert row["replicate_sd"]["bbox/AP50_all"] == pytest.approx(abs(reps[0] - reps[1]) / 2 ** 0.5)
+    lo, hi = row["ci"]["bbox/AP50_all"]
+    assert lo <= row["bbox/AP50_all"] + 1e-4 <= hi + 2e-4
+    assert table["d_full"]["ci"]["bbox/AP50_novel"] == [pytest.approx(1.0), pytest.approx(1.0)]
+    d = table["differences"]["d_full - a_no_distillation"]["bbox/AP50_all"]
+    assert d["delta"] == pytest.approx(table["d_full"]["bbox/AP50_all"] - row["bbox/AP50_all"], abs=2e-4)
+    assert table["bootstrap"]["replicates"] == 2
+    assert "| training replicates: sd (n) |" in echoed[-1] and "| (a) no distillation (2) |" in echoed[-1]
+    with pytest.raises(ValueError, match="replicates must be >= 1"):
+        ablation.ablate(PARAMS, overrides=overrides, intervals_only=True, replicates=0, echo=lambda _: None)
+
+
+def test_replicate_runs_reuse_their_variant_upstream_and_change_only_the_training_draw(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """Each variant's replicate k runs with its own overrides plus train_detector.replicate=k in
+    ``<variant run>-r<k>``, with stages 00-03 hard-linked from that variant's run (not from (d)'s)."""
+    base_root = tmp_path / "runs/toy"
+    calls: list[list[str]] = []
+
+    def fake_run(params, overrides, echo):
+        calls.append(list(overrides))
+        root = Path([o for o in overrides if o.startswith("common.run_root=")][-1].split("=", 1)[1])  # last wins
+        for stage in ablation.UPSTREAM_OF_TRAINING:
+            out = artefacts.stage_dir(root, stage)
+            if not out.exists():
+                out.mkdir(parents=True)
+                (out / "made_by.txt").write_text(str(root))
+
+    monkeypatch.setattr(ablation.pipeline, "run", fake_run)
+    ablation._run_variants(PARAMS, base_root, (f"common.run_root={base_root}",), lambda _: None, replicates=3)
+    for name, (_, changes, _) in ablation.VARIANTS.items():
+        own = ablation.variant_root(base_root, name)
+        for k, root in enumerate(ablation.replicate_roots(base_root, name, 3)[1:], start=1):
+            assert [f"common.run_root={base_root}", f"common.run_root={root}", *changes,
+                    f"train_detector.replicate={k}"] in calls
+            made_by = artefacts.stage_dir(root, "propose_regions") / "made_by.txt"
+            assert made_by.stat().st_ino == (artefacts.stage_dir(own, "propose_regions") / "made_by.txt").stat().st_ino
+    assert len(calls) == len(ablation.VARIANTS) * 3

@@ -192,3 +192,26 @@ def test_paired_differences_refuses_unpaired_lists_and_unknown_names(tmp_path: P
         bootstrap.paired_differences(a, "d_full", ("bbox/AP_all",))
     with pytest.raises(ValueError, match="iou_types"):
         bootstrap.bootstrap_coco_ap(gt, {"a": dets}, SPLIT4, iou_types=("keypoints",))
+
+
+def test_replicate_mean_averages_each_resample_and_stays_paired(tmp_path: Path) -> None:
+    gt = tmp_path / "gt.json"
+    anns = _world(gt, num_images=20, seed=7)
+    lists = {f"r{k}": _detections(anns, 20, k, score_levels=None, false_per_image=2) for k in range(3)}
+    boot = bootstrap.bootstrap_coco_ap(gt, lists, SPLIT4, num_resamples=50)
+    mean = bootstrap.replicate_mean(boot, ["r0", "r1"])
+    key = "bbox/AP50_novel"
+    assert mean.point[key] == pytest.approx((boot["r0"].point[key] + boot["r1"].point[key]) / 2)
+    np.testing.assert_allclose(mean.samples[key], (boot["r0"].samples[key] + boot["r1"].samples[key]) / 2)
+    # paired against a third list: the difference of means is the mean of the paired differences
+    diffs = bootstrap.paired_differences({"mean": mean, "r2": boot["r2"]}, "mean", (key,))
+    singles = bootstrap.paired_differences(boot, "r2", (key,))
+    assert diffs["r2"][key]["delta"] == pytest.approx(-(singles["r0"][key]["delta"] + singles["r1"][key]["delta"]) / 2)
+    assert bootstrap.replicate_mean(boot, ["r2"]).point == boot["r2"].point
+    with pytest.raises(ValueError, match="not in boot"):
+        bootstrap.replicate_mean(boot, ["r0", "r9"])
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap.replicate_mean(boot, [])
+    other = bootstrap.bootstrap_coco_ap(gt, {"s": lists["r0"]}, SPLIT4, num_resamples=50, seed=1)
+    with pytest.raises(ValueError, match="other resamples"):
+        bootstrap.replicate_mean({**boot, **other}, ["r0", "s"])
