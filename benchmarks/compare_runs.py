@@ -9,9 +9,9 @@ rules, exactly as stage 05 scores it.
 
     .venv/bin/python benchmarks/compare_runs.py --params params/toy_coco.yaml \\
         --set common.data_root=data/dev100 --reference runs/dev100-D1 runs/dev100-A1 [...]
-    .venv/bin/python benchmarks/compare_runs.py --mean d=runs/s0own,runs/s0own-r1 \
+    .venv/bin/python benchmarks/compare_runs.py --mean d=runs/s0own,runs/s0own-r1 \\
         --mean b=runs/s0own-b,runs/s0own-b-r1 --reference d runs/s0own runs/s0own-r1 runs/s0own-b runs/s0own-b-r1
-writes ``benchmarks/results/compare_runs-<reference name>.json``.
+writes ``benchmarks/results/compare_runs-<reference name, or --out-name>.json``.
 """
 
 from __future__ import annotations
