@@ -7,7 +7,7 @@ background vector; box regression is class-agnostic and conditioned on the text 
 class ("semantic regression"); masks are class-agnostic. The distillation branch pools extra boxes
 through the same head and returns ``loss_distill``. No I/O happens here.
 Boxes in and out are XYXY in original-image pixels; labels are 1..K (0 = background).
-Layer 2: imports losses.
+Layer 2: imports losses and fastops (layer 1).
 """
 
 from __future__ import annotations
@@ -26,14 +26,13 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import (
     FeaturePyramidNetwork,
-    MultiScaleRoIAlign,
     batched_nms,
     clip_boxes_to_image,
     remove_small_boxes,
 )
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ezsd_core import losses
+from ezsd_core import fastops, losses
 
 CLASSIFIER_LOSSES = ("softmax", "seesaw")
 
@@ -360,6 +359,10 @@ class EzsdDetector(nn.Module):
             {"training": spec.rpn_pre_nms_train, "testing": spec.rpn_pre_nms_test},
             {"training": spec.rpn_post_nms_train, "testing": spec.rpn_post_nms_test}, 0.7)
         self.roi_heads = EzsdRoIHeads(spec, self.backbone.out_channels, text_embeds)
+        # the 1x1 convs of FPN laterals, RPN head and mask predictor as matmuls: same maths, fast backward on CPU
+        for part in (getattr(self.backbone, "fpn", None), self.rpn, self.roi_heads):
+            if part is not None:
+                fastops.pointwise_convs_as_matmul(part)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None,
                 distill: list[dict[str, Tensor]] | None = None, *, return_detections: bool = False,
@@ -398,33 +401,12 @@ class EzsdDetector(nn.Module):
         self.roi_heads.box_predictor.set_vocabulary(text_embeds)
 
 
-class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's MultiScaleRoIAlign (same FPN level per RoI) with ``roi_align(aligned=True)``, which
-    torchvision's pooler does not expose: pixel centres at +0.5, as MMDetection's RoIAlign (spec §5.2)."""
-
-    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
-        """x: FPN maps '0'..'3' (B, C, H_l, W_l); boxes: per image (N_i, 4) XYXY in input pixels.
-        Returns (sum N_i, C, S, S) pooled features."""
-        from torchvision.ops import roi_align
-        from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
-
-        feats = _filter_input(x, self.featmap_names)
-        if self.scales is None or self.map_levels is None:
-            self.scales, self.map_levels = _setup_scales(feats, image_shapes, self.canonical_scale,
-                                                         self.canonical_level)
-        rois, levels = _convert_to_roi_format(boxes), self.map_levels(boxes)
-        out = feats[0].new_zeros((len(rois), feats[0].shape[1], *self.output_size))
-        for level, (feat, scale) in enumerate(zip(feats, self.scales)):
-            idx = torch.where(levels == level)[0]
-            out[idx] = roi_align(feat, rois[idx], self.output_size, scale, self.sampling_ratio,
-                                 aligned=True).to(out.dtype)
-        return out
-
-
-def roi_pool(spec: DetectorSpec, size: int) -> MultiScaleRoIAlign:
-    """The RoIAlign over FPN levels P2-P5 of a spec: (size x size) bins, ``roi_sampling_ratio``, ``roi_aligned``."""
-    cls = AlignedMultiScaleRoIAlign if spec.roi_aligned else MultiScaleRoIAlign
-    return cls(LEVELS, size, sampling_ratio=spec.roi_sampling_ratio, canonical_scale=spec.roi_canonical_scale)
+def roi_pool(spec: DetectorSpec, size: int) -> fastops.FastMultiScaleRoIAlign:
+    """The RoIAlign over FPN levels P2-P5 of a spec: (size x size) bins, ``roi_sampling_ratio``, ``roi_aligned``
+    (pixel centres at +0.5, as MMDetection's RoIAlign, spec §5.2; torchvision's pooler does not expose it).
+    torchvision's level mapping and maths; matmuls on CPU (``fastops``)."""
+    return fastops.FastMultiScaleRoIAlign(LEVELS, size, spec.roi_sampling_ratio, canonical_scale=spec.roi_canonical_scale,
+                                          aligned=spec.roi_aligned)
 
 
 def build_detector(spec: DetectorSpec, text_embeds: Tensor) -> EzsdDetector:

@@ -11,13 +11,15 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "ezsd_core"
 LAYER0 = {"config", "artefacts", "lineage", "splits", "prompts"}
 LAYER1 = {"structures", "runtime", "toyshapes", "toydraw", "toyworld", "crops", "tinyclip", "shards", "data",
-          "scriptarchive"}
+          "scriptarchive", "fastops"}
 LAYER2 = {"clip", "losses", "evaluation", "bootstrap", "detector", "trained"}
 ALLOWED: dict[str, set[str]] = {
     **{m: LAYER0 for m in LAYER0},
     **{m: LAYER0 for m in ("structures", "runtime", "toyshapes", "crops", "tinyclip")},
     # scriptarchive: reads a TorchScript archive's tensors (torch only); clip builds on it
     "scriptarchive": set(),
+    # fastops: torchvision's RoIAlign and 1x1 convs as matmuls (torch, torchvision.ops only)
+    "fastops": set(),
     "toydraw": LAYER0 | {"toyshapes"},
     "toyworld": LAYER0 | {"toyshapes", "toydraw"},
     "shards": LAYER0 | {"structures"},

@@ -119,7 +119,7 @@ def test_roi_canonical_scale_picks_the_fpn_level_a_box_pools_from(scale: int, le
 
 def test_aligned_roi_pool_is_roi_align_with_the_half_pixel_shift_on_each_rois_level() -> None:
     """roi_aligned pools every RoI from the level torchvision's pooler picks, with roi_align(aligned=True);
-    not aligned, the pooler is torchvision's own; roi_sampling_ratio reaches roi_align."""
+    not aligned, the pooler gives torchvision's own numbers; roi_sampling_ratio reaches roi_align."""
     from torchvision.ops import MultiScaleRoIAlign, roi_align
 
     torch.manual_seed(0)
@@ -137,7 +137,9 @@ def test_aligned_roi_pool_is_roi_align_with_the_half_pixel_shift_on_each_rois_le
         assert torch.allclose(got[i], want[0], atol=1e-6)
     assert not torch.allclose(got, plain(feats, boxes, shapes))
     unaligned = detector.roi_pool(_spec(), 7)
-    assert type(unaligned) is MultiScaleRoIAlign and unaligned.sampling_ratio == 2
+    plain2 = MultiScaleRoIAlign(["0", "1", "2", "3"], 7, sampling_ratio=2, canonical_scale=spec.roi_canonical_scale)
+    assert unaligned.sampling_ratio == 2 and not unaligned.aligned
+    assert torch.allclose(unaligned(feats, boxes, shapes), plain2(feats, boxes, shapes), atol=1e-6)
 
 
 def test_a_detector_with_the_references_roi_align_trains_and_detects() -> None:
