@@ -99,7 +99,7 @@ def test_real_settings_train_for_the_reference_epochs() -> None:
         td, ft = doc["train_detector"], doc["finetune_clip"]
         assert (td["epochs"], td["lr_steps"], td["max_steps"]) == (epochs, drops, None), name
         assert (ft["epochs"], ft["max_steps"]) == (clip_epochs, None), name
-    for name, steps in (("smoke", 4), ("toy_coco", 2400), ("toy_lvis", 1200)):
+    for name, steps in (("smoke", 4), ("toy_coco", 3600), ("toy_lvis", 1200)):
         td = config.read_params(f"params/{name}.yaml")["train_detector"]
         assert (td["epochs"], td["max_steps"]) == (None, steps), name
 
