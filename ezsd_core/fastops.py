@@ -6,7 +6,7 @@ Role: on the toy detector (2 CPU cores) a training step spent about a fifth of i
 channels on small maps). Both are replaced here by the same maths as plain matrix products, whose
 forward and backward are GEMMs:
 
-* ``roi_align``: RoIAlign with a fixed ``sampling_ratio`` is separable. Each output bin averages
+* ``roi_align``: RoIAlign with a fixed ``sampling_ratio`` on a small map is separable. Each output bin averages
   s x s bilinear samples, and both the bilinear weights and torchvision's out-of-range rule factor into
   a row part and a column part, so for one RoI ``out[c] = A_y @ feat[c] @ A_x^T`` with A_y (S_h, H) and
   A_x (S_w, W) holding at most 2 s nonzeros per row.
@@ -14,8 +14,9 @@ forward and backward are GEMMs:
   as ``nn.Conv2d``).
 
 Both give torchvision's / PyTorch's numbers up to float rounding (``tests/unit/test_fastops.py``). The
-fast RoIAlign is used on CPU with a fixed sampling ratio; on CUDA, with adaptive sampling and under
-tracing (ONNX / TorchScript export) torchvision's kernel runs as before.
+fast RoIAlign is used on CPU with a fixed sampling ratio on maps of at most ``MAX_DENSE_PIXELS``; on
+CUDA, with adaptive sampling, on larger maps and under tracing (ONNX / TorchScript export)
+torchvision's kernel runs as before.
 Layer 1: torch and torchvision.ops only.
 """
 
@@ -26,6 +27,14 @@ from torch import Tensor, nn
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
+
+
+# The matmul form does about H*W / (4 S_w s^2) times the multiply-adds of the direct kernel (4 taps per
+# sample): 9x on the toy detector's P2 (32 x 32), which GEMMs more than repay, but 600x on a ResNet-FPN's
+# (200 x 334 for an 800 x 1333 image), so larger maps keep torchvision's kernel. Intermediates are
+# chunked to MAX_INTERMEDIATE floats (64 MB).
+MAX_DENSE_PIXELS = 64 * 64
+MAX_INTERMEDIATE = 16 * 2**20
 
 
 def _axis_weights(start: Tensor, bin_size: Tensor, samples: int, out_size: int, length: int) -> Tensor:
@@ -68,9 +77,10 @@ def roi_align(feat: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_
     Returns:
         (R, C, S_h, S_w) pooled features, differentiable with respect to ``feat`` (not the boxes).
     """
-    if sampling_ratio <= 0 or feat.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
     (sh, sw), (b, c, h, w) = output_size, feat.shape
+    if (sampling_ratio <= 0 or feat.device.type != "cpu" or h * w > MAX_DENSE_PIXELS or torch.jit.is_tracing()
+            or torch.jit.is_scripting()):
+        return tv_roi_align(feat, rois, output_size, spatial_scale, sampling_ratio, aligned)
     if rois.shape[0] == 0:
         return feat.new_zeros((0, c, sh, sw))
     with torch.no_grad():
@@ -83,17 +93,19 @@ def roi_align(feat: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_
         image = rois[:, 0].long()
         order = torch.argsort(image, stable=True)
         counts = torch.bincount(image, minlength=b).tolist()
-    parts, first = [], 0
-    for i, n in enumerate(counts):
-        if n == 0:
+    parts, first, chunk = [], 0, max(1, MAX_INTERMEDIATE // (sh * c * w))
+    for i, count in enumerate(counts):
+        if count == 0:
             continue
-        idx = order[first:first + n]
-        first += n
-        # contract H: (n*S_h, H) @ (H, C*W), then W: (n, S_h*C, W) @ (n, W, S_w); only the small map and
-        # the output are permuted
-        rows = ay[idx].reshape(n * sh, h) @ feat[i].permute(1, 0, 2).reshape(h, c * w)
-        parts.append(torch.bmm(rows.view(n, sh * c, w), ax[idx].transpose(1, 2)).view(n, sh, c, sw)
-                     .permute(0, 2, 1, 3))
+        fmap = feat[i].permute(1, 0, 2).reshape(h, c * w)  # (H, C*W): only the small map is permuted
+        for lo in range(first, first + count, chunk):
+            idx = order[lo:min(lo + chunk, first + count)]
+            n = len(idx)
+            # contract H: (n*S_h, H) @ (H, C*W), then W: (n, S_h*C, W) @ (n, W, S_w)
+            rows = ay[idx].reshape(n * sh, h) @ fmap
+            parts.append(torch.bmm(rows.view(n, sh * c, w), ax[idx].transpose(1, 2)).view(n, sh, c, sw)
+                         .permute(0, 2, 1, 3))
+        first += count
     out = torch.cat(parts)
     return out if bool((order == torch.arange(len(order))).all()) else out[torch.argsort(order)]
 

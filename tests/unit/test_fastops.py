@@ -40,12 +40,24 @@ def test_roi_align_matches_torchvision_values_and_gradients(aligned: bool, sampl
     assert torch.allclose(g_got, g_want, atol=1e-5)
 
 
-def test_roi_align_falls_back_to_torchvision_for_adaptive_sampling_and_handles_no_roi() -> None:
+def test_roi_align_falls_back_to_torchvision_for_adaptive_sampling_and_large_maps_and_handles_no_roi() -> None:
     gen = torch.Generator().manual_seed(0)
     feat = torch.randn(2, 4, 16, 16, generator=gen)
     rois = _rois(10, 2, gen)
     assert torch.equal(fastops.roi_align(feat, rois, (7, 7), 0.1, 0), tv_roi_align(feat, rois, (7, 7), 0.1, 0))
     assert fastops.roi_align(feat, rois[:0], (7, 7), 0.1, 2).shape == (0, 4, 7, 7)
+    big = torch.randn(1, 2, 65, 64, generator=gen)  # above MAX_DENSE_PIXELS: torchvision's kernel, bit for bit
+    rois[:, 0] = 0
+    assert torch.equal(fastops.roi_align(big, rois, (7, 7), 0.3, 2), tv_roi_align(big, rois, (7, 7), 0.3, 2))
+
+
+def test_roi_align_in_chunks_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(3)
+    feat = torch.randn(2, 3, 20, 24, generator=gen)
+    rois = _rois(30, 2, gen)
+    whole = fastops.roi_align(feat, rois, (5, 5), 0.2, 2)
+    monkeypatch.setattr(fastops, "MAX_INTERMEDIATE", 5 * 3 * 24 * 4)  # 4 RoIs per chunk
+    assert torch.allclose(fastops.roi_align(feat, rois, (5, 5), 0.2, 2), whole, atol=1e-6)
 
 
 def test_multiscale_pooler_matches_torchvision_over_several_levels() -> None:
