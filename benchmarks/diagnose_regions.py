@@ -10,7 +10,7 @@ Also: the share of novel training objects that some region covers at IoU >= 0.5 
 targeted"), the mean distillation weight (CLIP's max probability) per bin, and how CLIP named the
 regions of each bin (share named novel).
 
-    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X]
+    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K]
 writes benchmarks/results/diagnose_regions_<run name>.json.
 """
 
@@ -29,8 +29,12 @@ from ezsd_core import artefacts, config, data, shards
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def region_bins(records: list, index: dict, split) -> dict:
-    """Bin counts, weights and names of every stage-03 region over ``records`` (all GT of every role)."""
+def region_bins(records: list, index: dict, split, first: int | None = None) -> dict:
+    """Bin counts, weights and names of the stage-03 regions over ``records`` (all GT of every role).
+
+    ``first``: only each image's first ``first`` regions (stage 03 stores them in proposal-score
+    order, so this is what ``extract_features.max_regions=first`` would have kept).
+    """
     count, weight, named_novel = collections.Counter(), collections.defaultdict(float), collections.Counter()
     names = collections.defaultdict(collections.Counter)  # bin -> CLIP's name of each region -> count
     novel_objects, novel_hit = 0, 0
@@ -40,6 +44,8 @@ def region_bins(records: list, index: dict, split) -> dict:
         shard, pos = index[r.image_id]
         rows = shard.rows(pos, "region")
         boxes, probs, cats = rows["region_boxes"].float(), rows["region_probs"].float(), rows["region_category_ids"]
+        if first is not None:
+            boxes, probs, cats = boxes[:first], probs[:first], cats[:first]
         roles = [split.role_of(int(c)) for c in r.gt_category_ids]
         iou = box_iou(boxes, r.gt_boxes.float()) if len(r.gt_boxes) else torch.zeros(len(boxes), 0)
         for j in range(len(boxes)):
@@ -69,6 +75,7 @@ def main() -> None:
     p.add_argument("--params", type=Path, default=Path("params/toy_coco.yaml"))
     p.add_argument("--run", type=Path, help="run root (default: the params file's)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--first", type=int, help="only each image's first K regions (as max_regions=K would keep)")
     args = p.parse_args()
     overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "extract_features", source=str(args.params),
@@ -79,9 +86,10 @@ def main() -> None:
         shard = shards.RaggedShard(artefacts.stage_dir(cfg.run_root, "extract_features") / out["path"])
         index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
     split, records = data.read_config_records(cfg, "train", vocab="proposal", keep_empty=True)
-    result = {"run": str(cfg.run_root), **region_bins(records, index, split)}
+    result = {"run": str(cfg.run_root), "first": args.first, **region_bins(records, index, split, args.first)}
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"diagnose_regions_{Path(cfg.run_root).name}.json"
+    suffix = f"-first{args.first}" if args.first is not None else ""
+    path = RESULTS / f"diagnose_regions_{Path(cfg.run_root).name}{suffix}.json"
     artefacts.atomic_write_json(path, result)
     print(json.dumps(result, indent=1))
     print(f"-> {path}")
