@@ -10,7 +10,7 @@ Also: the share of novel training objects that some region covers at IoU >= 0.5 
 targeted"), the mean distillation weight (CLIP's max probability) per bin, and how CLIP named the
 regions of each bin (share named novel).
 
-    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K]
+    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K] [--against runs/Y]
 writes benchmarks/results/diagnose_regions_<run name>.json.
 """
 
@@ -70,23 +70,45 @@ def region_bins(records: list, index: dict, split, first: int | None = None) -> 
             "novel_objects": novel_objects, "novel_objects_targeted": round(novel_hit / max(novel_objects, 1), 4)}
 
 
+def shard_index(run_root: Path) -> dict:
+    """image id -> (stage-03 shard, position) of a run."""
+    manifest = artefacts.require_complete(run_root, "extract_features")
+    index = {}
+    for out in manifest["outputs"]:
+        shard = shards.RaggedShard(artefacts.stage_dir(run_root, "extract_features") / out["path"])
+        index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
+    return index
+
+
+def shared_regions(index: dict, other: dict, first: int | None = None, iou: float = 0.7) -> dict:
+    """How many of one run's stage-03 regions the other run also distils (a region there at IoU >= ``iou``)."""
+    mine, shared = 0, 0
+    for image_id, (shard, pos) in index.items():
+        boxes = shard.rows(pos, "region")["region_boxes"].float()[:first]
+        theirs = other[image_id][0].rows(other[image_id][1], "region")["region_boxes"].float()[:first] \
+            if image_id in other else torch.zeros(0, 4)
+        mine += len(boxes)
+        if len(boxes) and len(theirs):
+            shared += int((box_iou(boxes, theirs).max(dim=1).values >= iou).sum())
+    return {"regions": mine, f"shared_at_iou{iou}": round(shared / max(mine, 1), 4)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params", type=Path, default=Path("params/toy_coco.yaml"))
     p.add_argument("--run", type=Path, help="run root (default: the params file's)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--first", type=int, help="only each image's first K regions (as max_regions=K would keep)")
+    p.add_argument("--against", type=Path, help="another run: the share of this run's regions it distils too")
     args = p.parse_args()
     overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "extract_features", source=str(args.params),
                               overrides=overrides)
-    manifest = artefacts.require_complete(cfg.run_root, "extract_features")
-    index = {}
-    for out in manifest["outputs"]:
-        shard = shards.RaggedShard(artefacts.stage_dir(cfg.run_root, "extract_features") / out["path"])
-        index.update({int(i): (shard, n) for n, i in enumerate(shard.image_ids.tolist())})
+    index = shard_index(Path(cfg.run_root))
     split, records = data.read_config_records(cfg, "train", vocab="proposal", keep_empty=True)
     result = {"run": str(cfg.run_root), "first": args.first, **region_bins(records, index, split, args.first)}
+    if args.against:
+        result["against"] = {"run": str(args.against), **shared_regions(index, shard_index(args.against), args.first)}
     RESULTS.mkdir(exist_ok=True)
     suffix = f"-first{args.first}" if args.first is not None else ""
     path = RESULTS / f"diagnose_regions_{Path(cfg.run_root).name}{suffix}.json"
