@@ -10,8 +10,8 @@ Also: the share of novel training objects that some region covers at IoU >= 0.5 
 targeted"), the mean distillation weight (CLIP's max probability) per bin, and how CLIP named the
 regions of each bin (share named novel).
 
-    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K] [--against runs/Y]
-writes benchmarks/results/diagnose_regions_<run name>.json.
+    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K] [--against runs/Y] [--out-name NAME]
+writes benchmarks/results/diagnose_regions_<run name>[-first<K>].json, or diagnose_regions_<NAME>.json.
 """
 
 from __future__ import annotations
@@ -100,6 +100,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--first", type=int, help="only each image's first K regions (as max_regions=K would keep)")
     p.add_argument("--against", type=Path, help="another run: the share of this run's regions it distils too")
+    p.add_argument("--out-name", help="results file diagnose_regions_<this>.json (default: the run's name, "
+                   "-first<K> appended with --first), so that a re-run does not overwrite an earlier record")
     args = p.parse_args()
     overrides = [*args.set, *([f"common.run_root={args.run}"] if args.run else [])]
     cfg = config.stage_config(config.read_params(args.params), "extract_features", source=str(args.params),
@@ -111,7 +113,7 @@ def main() -> None:
         result["against"] = {"run": str(args.against), **shared_regions(index, shard_index(args.against), args.first)}
     RESULTS.mkdir(exist_ok=True)
     suffix = f"-first{args.first}" if args.first is not None else ""
-    path = RESULTS / f"diagnose_regions_{Path(cfg.run_root).name}{suffix}.json"
+    path = RESULTS / f"diagnose_regions_{args.out_name or Path(cfg.run_root).name + suffix}.json"
     artefacts.atomic_write_json(path, result)
     print(json.dumps(result, indent=1))
     print(f"-> {path}")

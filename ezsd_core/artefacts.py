@@ -216,14 +216,37 @@ def code_version() -> dict[str, Any]:
     return info
 
 
+# CPU features that decide which float kernels oneDNN / MKL pick, hence the last bits of CPU results: two
+# runs of the same code on machines that differ here may differ like training replicates (README, Results).
+_CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo: str) -> dict[str, str | None]:
+    """``{"cpu_model", "cpu_flags"}`` from the text of ``/proc/cpuinfo``: the first ``model name`` and
+    which of ``_CPU_FLAGS`` the first ``flags`` line lists (space-separated, in that order; None if absent)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    flags = fields.get("flags")
+    return {"cpu_model": fields.get("model name"),
+            "cpu_flags": None if flags is None else " ".join(f for f in _CPU_FLAGS if f in flags.split())}
+
+
 def env_versions() -> dict[str, str | None]:
-    """Python and key package versions, read from installed metadata (nothing is imported)."""
+    """Python and key package versions, read from installed metadata (nothing is imported), and the CPU
+    (model and kernel-relevant flags, from ``/proc/cpuinfo`` where there is one)."""
     env: dict[str, str | None] = {"python": platform.python_version()}
     for name in _ENV_PACKAGES:
         try:
             env[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             env[name] = None
+    try:
+        env.update(cpu_description(Path("/proc/cpuinfo").read_text()))
+    except OSError:
+        env.update({"cpu_model": platform.processor() or None, "cpu_flags": None})
     return env
 
 

@@ -46,6 +46,7 @@ def test_manifest_round_trip_and_lineage(tmp_path: Path) -> None:
     assert [o["path"] for o in m["outputs"]] == ["a.bin", "sub/b.bin"]
     assert m["outputs"][0]["sha256"] == artefacts.sha256_file(d / "a.bin") and m["outputs"][1]["bytes"] == 4
     assert m["env"]["torch"] and m["code"]["ezsd_core"]
+    assert "cpu_model" in m["env"] and "cpu_flags" in m["env"], "the CPU is recorded (its kernels set the last bits)"
     again = artefacts.write_manifest(d, stage="pretrain_clip", split="smoke", config={}, config_hash="sha256:c",
                                      upstream={"x": "sha256:u"}, outputs=["a.bin", "sub/b.bin"], summary={},
                                      started_at="t")
@@ -83,3 +84,11 @@ def test_safetensors_header_is_read_without_torch(tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(b"\xff" * 20)
     assert artefacts.safetensors_metadata(tmp_path / "junk") is None
     assert lineage.shard_key("sha256:a", {"u": "1"}) != lineage.shard_key("sha256:a", {"u": "2"})
+
+
+def test_cpu_description_reads_model_and_kernel_flags() -> None:
+    text = ("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\nflags\t\t: fpu sse avx2 avx512f amx_tile\n\n"
+            "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert artefacts.cpu_description(text) == {"cpu_model": "Example CPU @ 2.0GHz", "cpu_flags": "avx2 avx512f amx_tile"}
+    assert artefacts.cpu_description("") == {"cpu_model": None, "cpu_flags": None}
+    assert artefacts.cpu_description("flags : fpu sse\n")["cpu_flags"] == ""
