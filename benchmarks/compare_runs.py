@@ -38,7 +38,8 @@ def main() -> None:
                         "are read even when not given as positional runs)")
     p.add_argument("--num-resamples", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out-name", default=None, help="results file compare_runs-<this>.json (default: the reference's name)")
+    p.add_argument("--out-name", default=None,
+                   help="results file compare_runs-<this>.json (default: the reference's name)")
     args = p.parse_args()
     cfg = config.stage_config(config.read_params(args.params), "evaluate", source=str(args.params),
                               overrides=args.overrides)

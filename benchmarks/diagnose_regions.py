@@ -10,7 +10,8 @@ Also: the share of novel training objects that some region covers at IoU >= 0.5 
 targeted"), the mean distillation weight (CLIP's max probability) per bin, and how CLIP named the
 regions of each bin (share named novel).
 
-    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K] [--against runs/Y] [--out-name NAME]
+    .venv/bin/python benchmarks/diagnose_regions.py --params params/toy_coco.yaml [--run runs/X] [--first K] \
+        [--against runs/Y] [--out-name NAME]
 writes benchmarks/results/diagnose_regions_<run name>[-first<K>].json, or diagnose_regions_<NAME>.json.
 """
 

@@ -53,7 +53,9 @@ LEVEL = 0.95
 UPSTREAM_OF_TRAINING = ("pretrain_clip", "finetune_clip", "propose_regions", "extract_features")
 
 
-def _link_stage(src: Path, dst: Path) -> None:
+def link_stage(src: Path, dst: Path) -> None:
+    """Hard-link a finished stage folder ``src`` to ``dst`` (its notebooks and part files left out), so that
+    another run root shares it; nothing happens when ``dst`` exists or ``src`` does not."""
     if dst.exists() or not src.exists():
         return
     shutil.copytree(src, dst, copy_function=os.link, ignore=shutil.ignore_patterns("notebooks", ".parts"))
@@ -79,12 +81,12 @@ def _run_variants(params_path: Path | str, base_root: Path, overrides: tuple[str
         if name != REFERENCE:
             echo(f"{label} in {root}")
             for stage in shared:
-                _link_stage(artefacts.stage_dir(base_root, stage), artefacts.stage_dir(root, stage))
+                link_stage(artefacts.stage_dir(base_root, stage), artefacts.stage_dir(root, stage))
             pipeline.run(params_path, overrides=[*overrides, f"common.run_root={root}", *changes], echo=echo)
         for k, rep_root in enumerate(replicate_roots(base_root, name, replicates)[1:], start=1):
             echo(f"{label}, training replicate {k} in {rep_root}")
             for stage in UPSTREAM_OF_TRAINING:
-                _link_stage(artefacts.stage_dir(root, stage), artefacts.stage_dir(rep_root, stage))
+                link_stage(artefacts.stage_dir(root, stage), artefacts.stage_dir(rep_root, stage))
             pipeline.run(params_path, overrides=[*overrides, f"common.run_root={rep_root}", *changes,
                                                  f"train_detector.replicate={k}"], echo=echo)
 
@@ -148,7 +150,8 @@ def intervals(table: dict[str, dict[str, Any]], cfg: config.EvaluateConfig, *, n
                for roots in members.values() for root in roots}
     with data.clean_annotation_file(ann_file, Path(cfg.data_root) / cfg.val_images) as gt:  # stage 05's GT
         per_run = bootstrap.bootstrap_coco_ap(gt, results, split, iou_types=("bbox",),
-                                              max_dets=cfg.box_detections_per_img, num_resamples=num_resamples, seed=seed)
+                                              max_dets=cfg.box_detections_per_img, num_resamples=num_resamples,
+                                              seed=seed)
     boot = {name: bootstrap.replicate_mean(per_run, roots) for name, roots in members.items()}
     ci = {name: {k: [_finite(v) for v in b.interval(k, LEVEL)] for k in INTERVAL_KEYS} for name, b in boot.items()}
     diffs = bootstrap.paired_differences(boot, REFERENCE, INTERVAL_KEYS, level=LEVEL)

@@ -405,7 +405,8 @@ def roi_pool(spec: DetectorSpec, size: int) -> fastops.FastMultiScaleRoIAlign:
     """The RoIAlign over FPN levels P2-P5 of a spec: (size x size) bins, ``roi_sampling_ratio``, ``roi_aligned``
     (pixel centres at +0.5, as MMDetection's RoIAlign, spec §5.2; torchvision's pooler does not expose it).
     torchvision's level mapping and maths; matmuls on CPU (``fastops``)."""
-    return fastops.FastMultiScaleRoIAlign(LEVELS, size, spec.roi_sampling_ratio, canonical_scale=spec.roi_canonical_scale,
+    return fastops.FastMultiScaleRoIAlign(LEVELS, size, spec.roi_sampling_ratio,
+                                          canonical_scale=spec.roi_canonical_scale,
                                           aligned=spec.roi_aligned)
 
 

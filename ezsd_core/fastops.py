@@ -28,7 +28,6 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
-
 # The matmul form does about H*W / (4 S_w s^2) times the multiply-adds of the direct kernel (4 taps per
 # sample): 9x on the toy detector's P2 (32 x 32), which GEMMs more than repay, but 600x on a ResNet-FPN's
 # (200 x 334 for an 800 x 1333 image), so larger maps keep torchvision's kernel. Intermediates are

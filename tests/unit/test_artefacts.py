@@ -89,6 +89,7 @@ def test_safetensors_header_is_read_without_torch(tmp_path: Path) -> None:
 def test_cpu_description_reads_model_and_kernel_flags() -> None:
     text = ("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\nflags\t\t: fpu sse avx2 avx512f amx_tile\n\n"
             "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
-    assert artefacts.cpu_description(text) == {"cpu_model": "Example CPU @ 2.0GHz", "cpu_flags": "avx2 avx512f amx_tile"}
+    assert artefacts.cpu_description(text) == {"cpu_model": "Example CPU @ 2.0GHz",
+                                               "cpu_flags": "avx2 avx512f amx_tile"}
     assert artefacts.cpu_description("") == {"cpu_model": None, "cpu_flags": None}
     assert artefacts.cpu_description("flags : fpu sse\n")["cpu_flags"] == ""
