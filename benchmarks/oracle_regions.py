@@ -77,11 +77,11 @@ def main() -> None:
             rec = by_id.get(rs.image_id)
             if rec is not None and not bool(shard.image_fields["image_is_val"][i]):
                 keep = [j for j, c in enumerate(rec.gt_category_ids.tolist()) if split.role_of(int(c)) != "base"]
-                rs = with_oracle(rs, rec.gt_boxes[keep].float(), rec.gt_category_ids[keep], cfg.max_regions)
+                rs = with_oracle(rs, rec.gt_boxes[keep], rec.gt_category_ids[keep], cfg.max_regions)
                 added, images = added + len(keep), images + 1
             rows.append(shards.region_rows(rs))
-        fields = dict(shard.image_fields)
-        shards.write_shard(dst02 / rel, shard.image_ids.tolist(), {"region": rows}, header, image_fields=fields)
+        shards.write_shard(dst02 / rel, shard.image_ids.tolist(), {"region": rows}, header,
+                           image_fields=shard.image_fields)
     artefacts.write_manifest(dst02, stage=manifest["stage"], split=manifest["split"], config=manifest["config"],
                              config_hash=manifest["config_hash"], upstream=manifest["upstream"], outputs=outputs,
                              summary=manifest["summary"], started_at=manifest["started_at"],
